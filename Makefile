@@ -1,0 +1,44 @@
+# Two commands from a fresh clone: `make train` (fine-tune the embedded default) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+EXTRAS ?= web,serve,export,dev
+
+.PHONY: install train test test-fast bench clean
+
+install: $(VENV)/.installed
+
+# torch first, so pip never resolves the bare `torch` requirement to a multi-GB CUDA wheel on a
+# machine without a GPU: with no NVIDIA GPU take the CPU build (a local/mirrored wheel if one is
+# configured, else PyTorch's CPU index).
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		echo "NVIDIA GPU found: installing the CUDA build of torch"; \
+		$(PIP) install -q "torch==$(TORCH_VERSION)"; \
+	elif $(PIP) install -q "torch==$(TORCH_VERSION)+cpu" 2>/dev/null; then \
+		echo "no GPU: installed the CPU build of torch"; \
+	else \
+		echo "no GPU: installing the CPU build of torch from $(TORCH_CPU_INDEX)"; \
+		$(PIP) install -q "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX); \
+	fi
+	$(PIP) install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+train: install
+	$(VENV)/bin/llama2ft-train $(ARGS)
+
+test: install
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+bench: install
+	$(PY) bench/train_throughput.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

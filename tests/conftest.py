@@ -1,0 +1,67 @@
+"""Shared fixtures: composed configs with tiny CPU settings, the embedded tokenizer, and a runner
+for the console scripts that keeps every cache inside the test's temp folder."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import llama2ft
+from llama2ft import CONFIG_DIR, PROJECT_ROOT
+
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _offline_env(tmp_path_factory, monkeypatch):
+    cache = tmp_path_factory.getbasetemp() / "hf-cache"
+    monkeypatch.setenv("HF_HOME", str(cache))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache / "datasets"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "train", run_dir: str = "/tmp/llama2ft-test"):
+    """A composed config as the apps see it (hydra:runtime resolvers included)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from llama2ft.config import register_schema
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=[*(overrides or []), f"hydra.run.dir={run_dir}"],
+                             return_hydra_config=True)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(PROJECT_ROOT / "data" / "tokenizer"))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.unk_token
+    return tok
+
+
+def run_cli(module: str, *args: str, env: dict | None = None, timeout: int = 600, cwd: Path | None = None,
+            launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m llama2ft.<module> args...` (or under `launcher`) and capture its output."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2", **(env or {})}
+    cmd = [*(launcher or [sys.executable]), "-m", f"llama2ft.{module}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout,
+                          cwd=str(cwd or PROJECT_ROOT))
+
+
+def shared_file(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"{path} not present (real community samples live in ../shared/data beside the checkout)")
+    return path
+
+
+__all__ = ["compose", "run_cli", "shared_file", "SHARED_DATA", "llama2ft"]

@@ -1,0 +1,136 @@
+"""Config composition and validation: every group combination composes, errors come all at once."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from conftest import compose, run_cli
+from llama2ft import CONFIG_DIR
+from llama2ft.config import collect_problems, validate
+from llama2ft.errors import ConfigError
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def test_groups_have_the_documented_options():
+    assert set(options("model")) >= {"tiny", "llama2-7b", "llama2-7b-chat", "llama2-13b", "llama2-13b-chat",
+                                     "llama2-70b", "llama2-70b-chat", "chinese-7b-chat", "chinese-13b-chat"}
+    assert set(options("lora")) >= {"r8", "r16", "r64", "full"}
+    assert set(options("quant")) == {"none", "int8", "nf4"}
+    assert set(options("data")) >= {"sample", "csv"}
+    assert set(options("template")) == {"human_assistant", "llama2_inst"}
+    assert set(options("logger")) == {"none", "wandb", "tensorboard"}
+
+
+def _check_combination(groups: list[str], combo: tuple[str, ...]) -> None:
+    overrides = [f"{g}={o}" for g, o in zip(groups, combo)]
+    if "data=csv" in overrides:
+        overrides.append("data.train_file=/x.csv")
+    cfg = compose(overrides)
+    chosen = dict(zip(groups, combo))
+    assert cfg.lora.enabled == (chosen["lora"] != "full")
+    assert cfg.quant.mode == chosen["quant"]
+    problems = collect_problems(cfg)
+    impossible = chosen["lora"] == "full" and chosen["quant"] != "none"
+    assert any("lora=full" in p for p in problems) == impossible, (overrides, problems)
+
+
+def test_every_training_group_combination_composes():
+    # every lora x quant x data x template x logger combination (on the default model)
+    groups = ["lora", "quant", "data", "template", "logger"]
+    for combo in itertools.product(*(options(g) for g in groups)):
+        _check_combination(groups, combo)
+
+
+def test_every_model_with_every_adapter_and_quantization_composes():
+    groups = ["model", "lora", "quant"]
+    for combo in itertools.product(*(options(g) for g in groups)):
+        _check_combination(groups, combo)
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes(experiment):
+    cfg = compose([f"experiment={experiment}"])
+    problems = [p for p in collect_problems(cfg) if "file not found" not in p]
+    assert problems == []
+
+
+def test_default_is_the_embedded_tiny_run():
+    cfg = compose()
+    assert cfg.model.name_or_path is None and cfg.model.init.hidden_size % 32 == 0
+    assert cfg.model.init.intermediate_size % 32 == 0
+    assert list(cfg.lora.modules_to_save) == ["embed_tokens", "lm_head"]
+    assert list(cfg.lora.target_modules) == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                             "down_proj"]
+    assert cfg.data.train_file.endswith("data/sample/train.csv")
+    validate(cfg)  # the shipped default is valid
+
+
+def test_real_models_do_not_inherit_the_tiny_recipe():
+    cfg = compose(["model=llama2-7b-chat"])
+    assert cfg.model.name_or_path == "meta-llama/Llama-2-7b-chat-hf"
+    assert cfg.model.init is None
+    assert list(cfg.lora.modules_to_save) == []
+    assert cfg.trainer.use_cpu is False
+
+
+def test_nf4_is_qlora():
+    cfg = compose(["quant=nf4"])
+    assert cfg.quant.mode == "nf4" and cfg.quant.double_quant
+
+
+def test_unknown_key_is_rejected():
+    with pytest.raises((ConfigCompositionException, ConfigKeyError)):
+        compose(["lora.rank=8"])
+
+
+def test_wrong_type_is_rejected():
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        compose(["trainer.learning_rate=fast"])
+
+
+def test_value_problems_are_collected_all_at_once():
+    cfg = compose(["lora=full", "quant=nf4", "trainer.learning_rate=0", "data.train_file=/nope/train.csv",
+                   "data.eval_fraction=1.5", "template.name=alpaca", "data.max_seq_len=4"])
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    text = str(info.value)
+    for key in ("quant=nf4 with lora=full", "trainer.learning_rate=0.0", "data.train_file='/nope/train.csv'",
+                "data.eval_fraction=1.5", "template.name='alpaca'", "data.max_seq_len=4"):
+        assert key in text, text
+    assert len(info.value.problems) >= 6
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("lora.r=0", "lora.r=0: must be > 0"),
+    ("lora.dropout=1.0", "lora.dropout=1.0: must be in [0, 1)"),
+    ("lora.alpha=-1", "lora.alpha=-1"),
+    ("trainer.per_device_train_batch_size=0", "trainer.per_device_train_batch_size=0"),
+    ("trainer.precision=fp8", "trainer.precision='fp8'"),
+    ("data.format=json", "data.format='json'"),
+    ("model.init.hidden_size=100", "model.init.hidden_size=100: must be a positive multiple of 32"),
+    ("logger.report_to=[mlflow]", "logger.report_to='mlflow'"),
+])
+def test_each_value_check(override, needle):
+    assert any(needle in p for p in collect_problems(compose([override])))
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path):
+    res = run_cli("train", "quant=nf4", "lora.dropout=2", "lora.r=0", "trainer.learning_rate=-1",
+                  f"hydra.run.dir={tmp_path}/run")
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+    assert "invalid config (3 problems)" in res.stderr
+    assert not (tmp_path / "run" / "base_model").exists()  # nothing was built
+
+
+def test_cli_unknown_key_without_traceback(tmp_path):
+    res = run_cli("train", "lora.rank=8", f"hydra.run.dir={tmp_path}/run")
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr
+    assert "rank" in res.stderr
