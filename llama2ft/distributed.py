@@ -3,7 +3,9 @@ clean teardown of the process group."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from datetime import datetime
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -51,13 +53,28 @@ def pin_hydra_dirs(argv: list[str], task_name: str) -> list[str]:
     return argv
 
 
+@contextmanager
+def main_process_first() -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. builds files); the other ranks run it after, reusing them."""
+    if world_size() <= 1 or not dist.is_initialized():
+        yield
+        return
+    if not is_main_process():
+        dist.barrier()
+    yield
+    if is_main_process():
+        dist.barrier()
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
 
-def teardown() -> None:
-    """Without this, runs on gloo sometimes abort at exit (`terminate called without an active exception`)."""
+def teardown(clean: bool = True) -> None:
+    """Without this, runs on gloo sometimes abort at exit (`terminate called without an active exception`).
+    After a failure there is no barrier: the other ranks may never reach it."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()

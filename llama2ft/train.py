@@ -116,7 +116,7 @@ def run_training(cfg: DictConfig) -> dict:
 
     # 2. data, tokenized on the main process first
     prepared: Optional[Prepared] = None
-    with _main_first():
+    with distributed.main_process_first():
         prepared = tokenize_inputs(cfg, tokenizer, train_rows, eval_rows)
     if distributed.is_main_process():
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
@@ -127,7 +127,7 @@ def run_training(cfg: DictConfig) -> dict:
     dtype = compute_dtype(cfg.trainer.precision, cfg.trainer.use_cpu)
     base_path = cfg.model.name_or_path
     if base_path is None:
-        with _main_first():
+        with distributed.main_process_first():
             base_path = str(out_dir / "base_model")
             if distributed.is_main_process() and not (out_dir / "base_model" / "config.json").exists():
                 build_tiny_base(cfg.model, tokenizer, out_dir / "base_model")
@@ -165,16 +165,6 @@ def run_training(cfg: DictConfig) -> dict:
         _save(trainer, tokenizer, cfg, out_dir, metrics)
     distributed.barrier()
     return metrics
-
-
-def _main_first():
-    from accelerate import PartialState
-
-    if distributed.world_size() > 1:
-        return PartialState().main_process_first()
-    from contextlib import nullcontext
-
-    return nullcontext()
 
 
 def _sample_eval(cfg, model, tokenizer, template, prepared: Prepared, when: str) -> Optional[float]:
@@ -231,8 +221,10 @@ def main() -> None:
     sys.argv = [sys.argv[0], *distributed.pin_hydra_dirs(sys.argv[1:], "train")]
     try:
         _hydra_main()
-    finally:
-        distributed.teardown()
+    except BaseException:
+        distributed.teardown(clean=False)
+        raise
+    distributed.teardown()
 
 
 if __name__ == "__main__":

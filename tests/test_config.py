@@ -5,6 +5,7 @@ import itertools
 
 import pytest
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from conftest import compose, run_cli
@@ -56,6 +57,9 @@ def test_every_model_with_every_adapter_and_quantization_composes():
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_composes(experiment):
     cfg = compose([f"experiment={experiment}"])
+    if OmegaConf.is_missing(cfg.data, "train_file"):  # experiments on your own csv need its path
+        cfg = compose([f"experiment={experiment}", "data.train_file=/data/train.csv"])
+    assert cfg.experiment_name == experiment
     problems = [p for p in collect_problems(cfg) if "file not found" not in p]
     assert problems == []
 

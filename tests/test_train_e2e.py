@@ -1,0 +1,155 @@
+"""End-to-end training runs of the embedded tiny model (CPU, offline)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_cli
+from llama2ft import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+SMOKE = ["experiment=tiny_smoke"]
+
+
+def adapter_tensors(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "adapter" / "adapter_model.safetensors")
+
+
+def assert_same_adapter(a: Path, b: Path, atol: float = 0.0) -> None:
+    ta, tb = adapter_tensors(a), adapter_tensors(b)
+    assert ta.keys() == tb.keys()
+    for key in ta:
+        assert torch.allclose(ta[key], tb[key], atol=atol, rtol=0), key
+
+
+def train(run: Path, *overrides: str, **kwargs) -> subprocess.CompletedProcess:
+    res = run_cli("train", *overrides, f"hydra.run.dir={run}", **kwargs)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def test_default_run_learns(tmp_path):
+    """The default recipe, shortened: greedy exact match on held-out questions goes up."""
+    run = tmp_path / "run"
+    res = train(run, "trainer.max_steps=250", "trainer.eval_steps=125", "trainer.save_steps=250")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["exact_match_before"] <= 0.05
+    assert metrics["exact_match_after"] >= 0.3, metrics
+    assert metrics["eval_loss"] < 1.0
+    assert "exact match after training" in res.stdout
+    for name in ("config.yaml", "data_stats.json", "loss.png", "tokenizer/tokenizer.json",
+                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "base_model/config.json"):
+        assert (run / name).exists(), name
+    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_adapter_loads_with_stock_peft(tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = tmp_path / "run"
+    train(run, *SMOKE)
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
+    model = PeftModel.from_pretrained(base, run / "adapter")
+    tok = AutoTokenizer.from_pretrained(run / "adapter")
+    out = model(**tok("<s>Human: 你好\n</s>", return_tensors="pt", add_special_tokens=False))
+    assert out.logits.shape[-1] >= len(tok)
+
+
+def test_same_seed_same_adapter(tmp_path):
+    train(tmp_path / "a", *SMOKE)
+    train(tmp_path / "b", *SMOKE)
+    assert_same_adapter(tmp_path / "a", tmp_path / "b")
+    train(tmp_path / "c", *SMOKE, "trainer.seed=7")
+    with pytest.raises(AssertionError):
+        assert_same_adapter(tmp_path / "a", tmp_path / "c")
+
+
+@pytest.mark.parametrize("quant", ["nf4", "int8"])
+def test_quantized_lora_smoke(tmp_path, quant):
+    run = tmp_path / quant
+    train(run, *SMOKE, f"quant={quant}", "trainer.max_steps=3", "trainer.eval_steps=3", "trainer.save_steps=3")
+    cfg = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert cfg["r"] == 8 and set(cfg["target_modules"]) >= {"q_proj", "down_proj"}
+    assert json.loads((run / "metrics.json").read_text())["train_loss"] > 0
+
+
+def test_full_fine_tuning_saves_a_model(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "full"
+    train(run, *SMOKE, "lora=full", "trainer.learning_rate=1e-3")
+    assert not (run / "adapter").exists()
+    model = AutoModelForCausalLM.from_pretrained(run / "model")
+    assert model.config.hidden_size == 128
+
+
+def test_refuses_to_overwrite_a_finished_run(tmp_path):
+    run = tmp_path / "run"
+    train(run, *SMOKE)
+    before = (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    res = run_cli("train", *SMOKE, f"hydra.run.dir={run}")
+    assert res.returncode == 2 and "already holds a finished run" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == before
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
+    common = [*SMOKE, "trainer.max_steps=120", "trainer.save_steps=20", "trainer.eval_steps=1000",
+              "trainer.save_total_limit=null"]
+    train(tmp_path / "straight", *common)
+
+    run = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "llama2ft.train", *common, f"hydra.run.dir={run}"],
+                            cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    ckpt = run / "checkpoints" / "checkpoint-20" / "trainer_state.json"
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and not (run / "adapter").exists(), "the run finished before it could be killed"
+
+    res = run_cli("train", *common, f"hydra.run.dir={run}")  # without resume: refuses to start over
+    assert res.returncode == 2 and "trainer.resume=true" in res.stderr
+    res = train(run, *common, "trainer.resume=true")
+    assert "resuming from" in res.stdout
+    assert_same_adapter(tmp_path / "straight", run, atol=1e-6)
+
+
+def test_two_process_accelerate_run(tmp_path):
+    """Data parallel over 2 CPU processes (gloo): one shared run folder, written by rank 0 only."""
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    res = run_cli("train", *SMOKE, "trainer.max_steps=6", cwd=tmp_path, launcher=accelerate)
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = list((tmp_path / "outputs" / "train").iterdir())
+    assert len(runs) == 1, runs  # both ranks agreed on one folder
+    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    # 6 steps x 16 rows x 2 processes: twice the rows of one process
+    stats = json.loads((runs[0] / "data_stats.json").read_text())
+    assert metrics["epoch"] == pytest.approx(6 * 16 * 2 / stats["rows"], rel=0.02)
+    assert (runs[0] / "adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.parametrize("logger", ["wandb", "tensorboard"])
+def test_loggers_work_offline(tmp_path, logger):
+    run = tmp_path / logger
+    env = {"WANDB_MODE": "", "WANDB_API_KEY": ""} if logger == "wandb" else None
+    res = train(run, *SMOKE, f"logger={logger}", env=env)
+    if logger == "wandb":
+        assert list((run / "wandb").glob("offline-run-*"))
+        assert "wandb sync" in res.stdout
+    else:
+        assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
