@@ -66,6 +66,9 @@ class DataConfig:
     format: str = "dialogue"  # dialogue | raw
     train_on_inputs: bool = False
     skip_bad_rows: bool = False
+    packing: bool = False  # several samples per row, each attending only to itself
+    cache: bool = True  # reuse tokenized data keyed by file contents, tokenizer, template and these settings
+    cache_dir: Optional[str] = None  # None: $LLAMA2FT_CACHE_DIR or ~/.cache/llama2ft/data
 
 
 @dataclass

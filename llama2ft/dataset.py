@@ -97,6 +97,8 @@ def summary_line(stats: dict) -> str:
     s = stats
     line = (f"data: {s['rows']} rows ({s['rows_skipped']} skipped), {s['turns']} turns, {s['tokens']} tokens, "
             f"{s['trained_tokens']} trained, {s['truncated_rows']} truncated, max length {s['max_len']}")
+    if "packed_rows" in s:
+        line += f"; packed into {s['packed_rows']} rows ({s['packing_fill']:.0%} full)"
     if s.get("eval"):
         e = s["eval"]
         line += f"; eval: {e['rows']} rows, {e['tokens']} tokens"

@@ -41,22 +41,50 @@ def read_inputs(cfg: DictConfig) -> tuple[Rows, Optional[Rows]]:
 
 
 def tokenize_inputs(cfg: DictConfig, tokenizer: Any, train_rows: Rows, eval_rows: Optional[Rows]) -> Prepared:
+    """Tokenized (and, with data.packing, packed) datasets, from the cache when the same inputs were
+    prepared before."""
+    from llama2ft import cache
+
+    entry = cache.cache_path(cfg, cache.cache_key(cfg, tokenizer)) if cfg.data.cache else None
+    hit = cache.load(entry) if entry is not None else None
+    if hit is not None:
+        print(f"data: reusing the cached preprocessing in {entry}", flush=True)
+        return Prepared(hit[0], hit[1], hit[2], eval_rows)
+    train, eval_ds, stats = _build(cfg, tokenizer, train_rows, eval_rows)
+    if entry is not None:
+        cache.save(entry, train, eval_ds, stats)
+    return Prepared(train, eval_ds, stats, eval_rows)
+
+
+def _build(cfg: DictConfig, tokenizer: Any, train_rows: Rows, eval_rows: Optional[Rows]) -> tuple:
     from datasets import Dataset
+
+    from llama2ft.errors import DataError
 
     template = get_template(cfg.template.name, cfg.template.system)
     columns, stats = encode_rows(train_rows, template, tokenizer, cfg.data)
-    train = Dataset.from_dict(columns)
+    if not stats["rows"]:
+        raise DataError(f"{cfg.data.train_file}: no row has a trained token left after truncation to "
+                        f"data.max_seq_len={cfg.data.max_seq_len}")
+    train = Dataset.from_dict(_maybe_pack(cfg, columns, stats))
     eval_ds = None
     if eval_rows is not None:
         eval_columns, eval_stats = encode_rows(eval_rows, template, tokenizer, cfg.data)
         stats["eval"] = eval_stats
-        eval_ds = Dataset.from_dict(eval_columns) if eval_stats["rows"] else None
-    if not stats["rows"]:
-        from llama2ft.errors import DataError
+        if eval_stats["rows"]:
+            eval_ds = Dataset.from_dict(_maybe_pack(cfg, eval_columns, eval_stats))
+    return train, eval_ds, stats
 
-        raise DataError(f"{cfg.data.train_file}: no row has a trained token left after truncation to "
-                        f"data.max_seq_len={cfg.data.max_seq_len}")
-    return Prepared(train, eval_ds, stats, eval_rows)
+
+def _maybe_pack(cfg: DictConfig, columns: dict, stats: dict) -> dict:
+    if not cfg.data.packing:
+        return columns
+    from llama2ft.packing import pack_columns
+
+    packed = pack_columns(columns["input_ids"], columns["labels"], cfg.data.max_seq_len)
+    stats["packed_rows"] = len(packed["input_ids"])
+    stats["packing_fill"] = round(stats["tokens"] / max(1, stats["packed_rows"] * cfg.data.max_seq_len), 4)
+    return packed
 
 
 def run_prepare(cfg: DictConfig) -> Prepared:

@@ -92,7 +92,8 @@ def training_arguments(cfg: DictConfig, out_dir: Path, has_eval: bool) -> Any:
         report_to=report_to,
         run_name=Path(out_dir).name,
         remove_unused_columns=False,
-        train_sampling_strategy="group_by_length",
+        # without packing, batch rows of similar length together (less padding)
+        train_sampling_strategy="random" if cfg.data.packing else "group_by_length",
         ddp_find_unused_parameters=False,
         include_num_input_tokens_seen="non_padding",
     )
@@ -104,6 +105,7 @@ def run_training(cfg: DictConfig) -> dict:
     from transformers.trainer_utils import get_last_checkpoint
 
     from llama2ft.collator import PadCollator
+    from llama2ft.packing import PackedCollator
     from llama2ft.modeling import apply_lora, build_tiny_base, compute_dtype, count_parameters, load_model, \
         load_tokenizer
 
@@ -142,8 +144,9 @@ def run_training(cfg: DictConfig) -> dict:
 
     # 4. train
     args = training_arguments(cfg, out_dir, prepared.eval is not None)
+    collator = (PackedCollator if cfg.data.packing else PadCollator)(tokenizer.pad_token_id)
     trainer = Trainer(model=model, args=args, train_dataset=prepared.train, eval_dataset=prepared.eval,
-                      data_collator=PadCollator(tokenizer.pad_token_id), processing_class=tokenizer)
+                      data_collator=collator, processing_class=tokenizer)
     resume_from = None
     if cfg.trainer.resume:
         resume_from = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None

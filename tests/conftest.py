@@ -21,6 +21,7 @@ def _offline_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(cache))
     monkeypatch.setenv("HF_DATASETS_CACHE", str(cache / "datasets"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("LLAMA2FT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "llama2ft-cache"))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
 

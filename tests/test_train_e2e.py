@@ -141,6 +141,7 @@ def test_two_process_accelerate_run(tmp_path):
     stats = json.loads((runs[0] / "data_stats.json").read_text())
     assert metrics["epoch"] == pytest.approx(6 * 16 * 2 / stats["rows"], rel=0.02)
     assert (runs[0] / "adapter" / "adapter_model.safetensors").exists()
+    assert "reusing the cached preprocessing" in res.stdout  # rank 1 read what rank 0 wrote
 
 
 @pytest.mark.parametrize("logger", ["wandb", "tensorboard"])

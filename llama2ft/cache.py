@@ -1,0 +1,80 @@
+"""Preprocessing cache: tokenized (and packed) datasets keyed by everything that shapes them."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+CACHE_VERSION = 1  # bump when the data step's output changes for the same inputs
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LLAMA2FT_CACHE_DIR", Path.home() / ".cache" / "llama2ft" / "data"))
+
+
+def file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tokenizer_digest(tokenizer: Any) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    extra = [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id]
+    return hashlib.sha256((text + json.dumps(extra)).encode("utf-8")).hexdigest()
+
+
+def cache_key(cfg: DictConfig, tokenizer: Any) -> str:
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    for key in ("cache", "cache_dir", "train_file", "eval_file"):
+        data.pop(key, None)
+    parts = {
+        "version": CACHE_VERSION,
+        "train": file_digest(cfg.data.train_file),
+        "eval": file_digest(cfg.data.eval_file) if cfg.data.eval_file else None,
+        "split_seed": cfg.trainer.seed if not cfg.data.eval_file and cfg.data.eval_fraction > 0 else None,
+        "tokenizer": tokenizer_digest(tokenizer),
+        "template": [cfg.template.name, cfg.template.system],
+        "data": data,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()[:24]
+
+
+def cache_path(cfg: DictConfig, key: str) -> Path:
+    root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+    return root / key
+
+
+def load(path: Path) -> Optional[tuple[Any, Optional[Any], dict]]:
+    """(train, eval, stats) from a complete cache entry, or None."""
+    if not (path / "stats.json").is_file():
+        return None
+    from datasets import load_from_disk
+
+    stats = json.loads((path / "stats.json").read_text(encoding="utf-8"))
+    train = load_from_disk(str(path / "train"))
+    evals = load_from_disk(str(path / "eval")) if (path / "eval").is_dir() else None
+    return train, evals, stats
+
+
+def save(path: Path, train: Any, evals: Optional[Any], stats: dict) -> None:
+    """Write atomically: a folder that exists under its final name is complete."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    train.save_to_disk(str(tmp / "train"))
+    if evals is not None:
+        evals.save_to_disk(str(tmp / "eval"))
+    (tmp / "stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
+    try:
+        tmp.rename(path)
+    except OSError:  # another process finished the same entry first
+        shutil.rmtree(tmp, ignore_errors=True)
