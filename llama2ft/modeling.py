@@ -101,6 +101,10 @@ def load_model(cfg: DictConfig, base_path: str, dtype: torch.dtype) -> Any:
     kwargs["dtype"] = dtype
     if cfg.model.attn_implementation:
         kwargs["attn_implementation"] = cfg.model.attn_implementation
+    elif cfg.data.packing:
+        from llama2ft.attention import packed_attention
+
+        kwargs["attn_implementation"] = packed_attention(torch.cuda.is_available() and not cfg.trainer.use_cpu)
     qconfig = quantization_config(cfg, dtype)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig

@@ -49,8 +49,11 @@ def per_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return loss.view(shift_labels.shape)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "llama2ft_varlen_sdpa"])
 def test_packed_losses_and_grads_equal_separate_runs(attn):
+    from llama2ft.attention import register
+
+    register()
     gen = torch.Generator().manual_seed(1)
     lengths = [7, 19, 3, 12, 25]
     samples = [torch.randint(3, 96, (n,), generator=gen).tolist() for n in lengths]
@@ -100,3 +103,17 @@ def test_naive_packing_would_differ():
                    position_ids=torch.tensor([list(range(10)) * 2])).logits[0, 10:]
     assert not torch.allclose(naive, alone, atol=1e-3)
     assert torch.allclose(packed, alone, atol=1e-5)
+
+
+def test_varlen_attention_falls_back_for_generation_with_padding():
+    """Outside packed training (KV cache, left padding) the varlen attention is plain SDPA."""
+    from llama2ft.attention import register
+
+    model = tiny_lora_model().base_model.model
+    ids = torch.tensor([[0, 0, 5, 6, 7], [3, 4, 5, 6, 7]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    model.config._attn_implementation = "sdpa"
+    ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    model.config._attn_implementation = register()
+    got = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert torch.equal(ref, got)

@@ -1,0 +1,66 @@
+"""Variable-length attention for packed rows without flash-attention (CPU, or GPUs without `flash_attn`).
+
+SDPA on a packed row with a block-diagonal mask still computes the full row x row score matrix and takes
+the slow masked path. `varlen_sdpa` instead runs causal SDPA on each sample of the row, so a packed row
+costs sum(len_i^2) and uses the fast causal kernels. It is registered through transformers' public
+`AttentionInterface` / `AttentionMaskInterface` (no patching); any case it does not handle (a KV cache,
+padding masks in unpacked batches, generation) falls through to transformers' own SDPA.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+NAME = "llama2ft_varlen_sdpa"
+
+
+def _segments(position_ids: torch.Tensor) -> list[tuple[int, int]]:
+    starts = torch.nonzero(position_ids == 0).flatten().tolist()
+    if not starts or starts[0] != 0:
+        starts = [0, *starts]
+    ends = [*starts[1:], position_ids.shape[0]]
+    return list(zip(starts, ends))
+
+
+def varlen_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                attention_mask: Optional[torch.Tensor], dropout: float = 0.0, scaling: Optional[float] = None,
+                **kwargs) -> tuple[torch.Tensor, None]:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    position_ids = kwargs.get("position_ids")
+    packed = (position_ids is not None and query.shape[2] == key.shape[2] and query.shape[2] > 1
+              and position_ids.shape[-1] == query.shape[2] and bool((position_ids[..., 1:] == 0).any()))
+    if not packed:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    position_ids = position_ids.expand(query.shape[0], -1)
+    gqa = key.shape[1] != query.shape[1]
+    out = torch.empty_like(query)
+    for b in range(query.shape[0]):
+        for start, end in _segments(position_ids[b]):
+            out[b:b + 1, :, start:end] = F.scaled_dot_product_attention(
+                query[b:b + 1, :, start:end], key[b:b + 1, :, start:end], value[b:b + 1, :, start:end],
+                dropout_p=dropout if module.training else 0.0, scale=scaling, is_causal=True, enable_gqa=gqa)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register() -> str:
+    """Make `attn_implementation="llama2ft_varlen_sdpa"` available; returns the name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(NAME, varlen_sdpa)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+    return NAME
+
+
+def packed_attention(cuda: bool) -> str:
+    """The attention used for packed rows: flash-attention's varlen kernels when installed on a GPU,
+    else per-sample causal SDPA."""
+    import importlib.util
+
+    if cuda and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return register()
