@@ -40,11 +40,11 @@ def train(run: Path, *overrides: str, **kwargs) -> subprocess.CompletedProcess:
 def test_default_run_learns(tmp_path):
     """The default recipe, shortened: greedy exact match on held-out questions goes up."""
     run = tmp_path / "run"
-    res = train(run, "trainer.max_steps=250", "trainer.eval_steps=125", "trainer.save_steps=250")
+    res = train(run, "trainer.max_steps=400", "trainer.eval_steps=200", "trainer.save_steps=400")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["exact_match_before"] <= 0.05
     assert metrics["exact_match_after"] >= 0.3, metrics
-    assert metrics["eval_loss"] < 1.0
+    assert metrics["eval_loss"] < 1.5
     assert "exact match after training" in res.stdout
     for name in ("config.yaml", "data_stats.json", "loss.png", "tokenizer/tokenizer.json",
                  "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "base_model/config.json"):
