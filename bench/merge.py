@@ -1,0 +1,200 @@
+"""Benchmark llama2ft-merge's streaming merge against peft's merge_and_unload and a plain file copy.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/merge.py [--layers 10] [--keep]
+
+Builds a synthetic multi-shard Llama (random float16 weights, ~1.3 GB in ~250 MB shards) and a random
+LoRA adapter in peft's format (non-zero B) in a temp folder under /tmp, then runs each step in its own
+subprocess, which reports its peak RSS (VmHWM) and the wall time of the step itself (imports excluded;
+`sync` before each step; copy and ours run --repeat times, interleaved: best time, highest peak):
+  baseline  imports torch, safetensors, transformers, peft, hydra and llama2ft.merge, does nothing;
+  copy      shutil.copy of the base's shard files;
+  ours      llama2ft.merge.run_merge (verify=false: the check would load the whole model);
+  peft      from_pretrained + PeftModel.from_pretrained + merge_and_unload + save_pretrained.
+Memory ratios use peak RSS minus the baseline RSS (the interpreter and libraries, not the merge).
+The last line is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARD = 250 * 10**6
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+# Each step runs this prelude, then its body, then prints {"peak": bytes, "seconds": step time}.
+PRELUDE = """
+import json, sys, time, shutil
+from pathlib import Path
+import torch, safetensors, transformers, peft, hydra
+import llama2ft.merge
+args = json.loads(sys.argv[1])
+t0 = time.perf_counter()
+"""
+EPILOGUE = """
+seconds = time.perf_counter() - t0
+hwm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(json.dumps({"peak": hwm, "seconds": seconds}))
+"""
+STEPS = {
+    "baseline": "",
+    "copy": """
+out = Path(args["out"]); out.mkdir()
+for f in sorted(Path(args["base"]).glob("*.safetensors")):
+    shutil.copy(f, out / f.name)
+""",
+    "ours": """
+from omegaconf import OmegaConf
+cfg = OmegaConf.load(args["config"])
+cfg.merge_with({"base": args["base"], "adapters": [args["adapter"]], "output": args["out"], "dtype": "float16",
+                "verify": False, "max_shard_size": "250MB", "tokenizer": args["base"]})
+llama2ft.merge.run_merge(cfg)
+""",
+    "peft": """
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(args["base"], dtype=torch.float16)
+model = PeftModel.from_pretrained(model, args["adapter"]).merge_and_unload()
+model.save_pretrained(args["out"], max_shard_size="250MB")
+""",
+}
+
+
+def build_base(path: Path, layers: int, hidden: int, ffn: int, vocab: int) -> None:
+    """Random float16 Llama weights written shard by shard (never the whole model in memory)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer, LlamaConfig
+
+    path.mkdir(parents=True)
+    LlamaConfig(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers, num_attention_heads=16,
+                num_key_value_heads=16, vocab_size=vocab, dtype="float16", tie_word_embeddings=False,
+                max_position_embeddings=2048).save_pretrained(str(path))
+    AutoTokenizer.from_pretrained(str(ROOT / "data" / "tokenizer")).save_pretrained(str(path))
+    shapes = {"model.embed_tokens.weight": (vocab, hidden)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes.update({p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,)})
+        for n in ("q", "k", "v", "o"):
+            shapes[f"{p}self_attn.{n}_proj.weight"] = (hidden, hidden)
+        shapes.update({p + "mlp.gate_proj.weight": (ffn, hidden), p + "mlp.up_proj.weight": (ffn, hidden),
+                       p + "mlp.down_proj.weight": (hidden, ffn)})
+    shapes.update({"model.norm.weight": (hidden,), "lm_head.weight": (vocab, hidden)})
+    torch.manual_seed(0)
+    shards, current, size = [], {}, 0
+    for key, shape in shapes.items():
+        t = torch.ones(shape, dtype=torch.float16) if len(shape) == 1 else \
+            (torch.randn(shape, dtype=torch.float32) * 0.02).to(torch.float16)
+        if current and size + t.numel() * 2 > SHARD:
+            shards.append(current)
+            current, size = {}, 0
+        current[key] = t
+        size += t.numel() * 2
+    if current:
+        shards.append(current)
+    weight_map, total = {}, 0
+    for i, shard in enumerate(shards, 1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(path / name), metadata={"format": "pt"})
+        weight_map.update({k: name for k in shard})
+        total += sum(t.numel() * 2 for t in shard.values())
+    (path / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+
+
+def build_adapter(path: Path, base: Path, layers: int, hidden: int, ffn: int, r: int = 16) -> None:
+    """A peft LoRA adapter folder (adapter_config.json + adapter_model.safetensors), random A and B."""
+    import torch
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    LoraConfig(r=r, lora_alpha=2 * r, target_modules=TARGETS, task_type="CAUSAL_LM",
+               base_model_name_or_path=str(base)).save_pretrained(str(path))
+    dims = {"q_proj": (hidden, hidden), "k_proj": (hidden, hidden), "v_proj": (hidden, hidden),
+            "o_proj": (hidden, hidden), "gate_proj": (hidden, ffn), "up_proj": (hidden, ffn),
+            "down_proj": (ffn, hidden)}
+    tensors = {}
+    for i in range(layers):
+        for m, (n_in, n_out) in dims.items():
+            group = "self_attn" if m in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
+            key = f"base_model.model.model.layers.{i}.{group}.{m}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(r, n_in) * 0.01
+            tensors[f"{key}.lora_B.weight"] = torch.randn(n_out, r) * 0.01
+    save_file(tensors, str(path / "adapter_model.safetensors"))
+
+
+def measure(step: str, args: dict) -> dict:
+    import os
+
+    shutil.rmtree(args["out"], ignore_errors=True)
+    os.sync()  # start every step with no dirty pages of the previous one still being written back
+    res = subprocess.run([sys.executable, "-c", PRELUDE + STEPS[step] + EPILOGUE, json.dumps(args)],
+                         capture_output=True, text=True, cwd=str(ROOT))
+    if res.returncode != 0:
+        raise SystemExit(f"step {step} failed:\n{res.stderr[-3000:]}")
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    print(f"{step:8s} peak RSS {out['peak'] / 1e6:8.1f} MB   {out['seconds']:7.2f} s", file=sys.stderr, flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=10)
+    ap.add_argument("--hidden", type=int, default=2048)
+    ap.add_argument("--ffn", type=int, default=5504)
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--repeat", type=int, default=3, help="runs of copy and ours (best time, worst memory)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp folder")
+    a = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="llama2ft-bench-merge-", dir="/tmp"))
+    try:
+        base, adapter = work / "base", work / "adapter"
+        t0 = time.perf_counter()
+        build_base(base, a.layers, a.hidden, a.ffn, a.vocab)
+        build_adapter(adapter, base, a.layers, a.hidden, a.ffn)
+        shard_sizes = [f.stat().st_size for f in base.glob("*.safetensors")]
+        adapter_size = (adapter / "adapter_model.safetensors").stat().st_size
+        print(f"built {sum(shard_sizes) / 1e9:.2f} GB in {len(shard_sizes)} shards (largest "
+              f"{max(shard_sizes) / 1e6:.0f} MB), adapter {adapter_size / 1e6:.0f} MB in "
+              f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        common = {"base": str(base), "adapter": str(adapter), "config": str(ROOT / "configs" / "merge.yaml")}
+        r = {s: measure(s, {**common, "out": str(work / f"out-{s}")}) for s in ("baseline", "peft")}
+        for _ in range(a.repeat):  # interleaved, best of each: page-cache writeback makes single runs noisy
+            for s in ("copy", "ours"):
+                m = measure(s, {**common, "out": str(work / f"out-{s}")})
+                best = r.setdefault(s, m)
+                r[s] = {"peak": max(best["peak"], m["peak"]), "seconds": min(best["seconds"], m["seconds"])}
+        floor = r["baseline"]["peak"]
+        budget = max(shard_sizes) + adapter_size
+        ours_mem = max(r["ours"]["peak"] - floor, 1)
+        result = {
+            "model_gb": round(sum(shard_sizes) / 1e9, 3),
+            "shards": len(shard_sizes),
+            "largest_shard_mb": round(max(shard_sizes) / 1e6, 1),
+            "adapter_mb": round(adapter_size / 1e6, 1),
+            "baseline_rss_mb": round(floor / 1e6, 1),
+            "ours_peak_mb_over_baseline": round(ours_mem / 1e6, 1),
+            "peft_peak_mb_over_baseline": round((r["peft"]["peak"] - floor) / 1e6, 1),
+            "ours_s": round(r["ours"]["seconds"], 2),
+            "copy_s": round(r["copy"]["seconds"], 2),
+            "peft_s": round(r["peft"]["seconds"], 2),
+            "peak_mem_over_largest_shard": round(ours_mem / budget, 3),
+            "time_over_copy": round(r["ours"]["seconds"] / r["copy"]["seconds"], 2),
+            "peft_peak_mem_over_ours": round((r["peft"]["peak"] - floor) / ours_mem, 2),
+            "peft_time_over_ours": round(r["peft"]["seconds"] / r["ours"]["seconds"], 2),
+        }
+        result["targets_met"] = result["peak_mem_over_largest_shard"] <= 1.5 and result["time_over_copy"] <= 3.0
+    finally:
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
