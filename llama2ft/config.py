@@ -67,6 +67,7 @@ class DataConfig:
     train_on_inputs: bool = False
     skip_bad_rows: bool = False
     packing: bool = False  # several samples per row, each attending only to itself
+    group_by_length: bool = True  # without packing: batch rows of similar length (less padding)
     cache: bool = True  # reuse tokenized data keyed by file contents, tokenizer, template and these settings
     cache_dir: Optional[str] = None  # None: $LLAMA2FT_CACHE_DIR or ~/.cache/llama2ft/data
 

@@ -92,8 +92,7 @@ def training_arguments(cfg: DictConfig, out_dir: Path, has_eval: bool) -> Any:
         report_to=report_to,
         run_name=Path(out_dir).name,
         remove_unused_columns=False,
-        # without packing, batch rows of similar length together (less padding)
-        train_sampling_strategy="random" if cfg.data.packing else "group_by_length",
+        train_sampling_strategy="group_by_length" if cfg.data.group_by_length and not cfg.data.packing else "random",
         ddp_find_unused_parameters=False,
         include_num_input_tokens_seen="non_padding",
     )

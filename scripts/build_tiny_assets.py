@@ -635,6 +635,9 @@ def check_tokenizer(path: Path) -> None:
     # byte fallback: a character that is certainly not in the vocab
     ids = tok.encode("齉", add_special_tokens=False)
     assert all(tok.convert_ids_to_tokens(i).startswith("<0x") for i in ids), ids
+    # byte tokens are ordinary vocabulary (ids 3..258), not special: skip_special_tokens keeps them
+    assert tok.convert_tokens_to_ids(["<0x00>", "<0xFF>"]) == [3, 258]
+    assert tok.decode(tok.encode("<s>emoji 😀 齉</s>"), skip_special_tokens=True) == "emoji 😀 齉"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -138,3 +138,15 @@ def test_cli_unknown_key_without_traceback(tmp_path):
     assert res.returncode != 0
     assert "Traceback" not in res.stderr
     assert "rank" in res.stderr
+
+
+@pytest.mark.parametrize("overrides,strategy", [
+    (["model=llama2-7b"], "group_by_length"),
+    (["model=llama2-7b", "data.packing=true"], "random"),
+    ([], "random"),  # the tiny preset turns grouping off: its rows are all short
+])
+def test_length_grouping_unless_packing(tmp_path, overrides, strategy):
+    from llama2ft.train import training_arguments
+
+    args = training_arguments(compose(overrides), tmp_path, has_eval=False)
+    assert args.train_sampling_strategy == strategy
