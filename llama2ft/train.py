@@ -55,7 +55,8 @@ def training_arguments(cfg: DictConfig, out_dir: Path, has_eval: bool) -> Any:
     dtype = compute_dtype(tr.precision, tr.use_cpu)
     report_to = list(cfg.logger.report_to) or "none"
     if "wandb" in cfg.logger.report_to:
-        os.environ.setdefault("WANDB_MODE", cfg.logger.wandb_mode)
+        if not os.environ.get("WANDB_MODE"):  # an explicit environment setting wins
+            os.environ["WANDB_MODE"] = cfg.logger.wandb_mode
         os.environ.setdefault("WANDB_PROJECT", cfg.logger.project)
         os.environ.setdefault("WANDB_DIR", str(out_dir))
     if "tensorboard" in cfg.logger.report_to:

@@ -53,6 +53,7 @@ def run_cli(module: str, *args: str, env: dict | None = None, timeout: int = 600
             launcher: list[str] | None = None) -> subprocess.CompletedProcess:
     """Run `python -m llama2ft.<module> args...` (or under `launcher`) and capture its output."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2", **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}  # None unsets a variable
     cmd = [*(launcher or [sys.executable]), "-m", f"llama2ft.{module}", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout,
                           cwd=str(cwd or PROJECT_ROOT))

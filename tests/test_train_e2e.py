@@ -43,8 +43,8 @@ def test_default_run_learns(tmp_path):
     res = train(run, "trainer.max_steps=400", "trainer.eval_steps=200", "trainer.save_steps=400")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["exact_match_before"] <= 0.05
-    assert metrics["exact_match_after"] >= 0.3, metrics
-    assert metrics["eval_loss"] < 1.5
+    assert metrics["exact_match_after"] >= 0.5, metrics  # 0.87 measured at 400 steps; 0.98 at the full 800
+    assert metrics["eval_loss"] < 0.5
     assert "exact match after training" in res.stdout
     for name in ("config.yaml", "data_stats.json", "loss.png", "tokenizer/tokenizer.json",
                  "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "base_model/config.json"):
@@ -147,7 +147,8 @@ def test_two_process_accelerate_run(tmp_path):
 @pytest.mark.parametrize("logger", ["wandb", "tensorboard"])
 def test_loggers_work_offline(tmp_path, logger):
     run = tmp_path / logger
-    env = {"WANDB_MODE": "", "WANDB_API_KEY": ""} if logger == "wandb" else None
+    # no mode and no API key: the default must still run (offline)
+    env = {"WANDB_MODE": None, "WANDB_API_KEY": None} if logger == "wandb" else None
     res = train(run, *SMOKE, f"logger={logger}", env=env)
     if logger == "wandb":
         assert list((run / "wandb").glob("offline-run-*"))
