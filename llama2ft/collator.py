@@ -15,15 +15,18 @@ class PadCollator:
         self.pad_token_id = pad_token_id
         self.multiple_of = multiple_of
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        longest = max(len(f["input_ids"]) for f in features)
-        width = -(-longest // self.multiple_of) * self.multiple_of
+    def pad(self, features: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Right-padded ids and labels, and each row's real length."""
+        lengths = [len(f["input_ids"]) for f in features]
+        width = -(-max(lengths) // self.multiple_of) * self.multiple_of
         ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(features), width), dtype=torch.long)
-        for i, f in enumerate(features):
-            n = len(f["input_ids"])
+        for i, (f, n) in enumerate(zip(features, lengths)):
             ids[i, :n] = torch.as_tensor(f["input_ids"])
             labels[i, :n] = torch.as_tensor(f["labels"])
-            mask[i, :n] = 1
+        return ids, labels, lengths
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids, labels, lengths = self.pad(features)
+        mask = (torch.arange(ids.shape[1])[None, :] < torch.tensor(lengths)[:, None]).long()
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}

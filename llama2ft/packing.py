@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from llama2ft.collator import PadCollator
 from llama2ft.templates import IGNORE_INDEX
 
 
@@ -52,23 +53,13 @@ def pack_columns(input_ids: list[list[int]], labels: list[list[int]], capacity: 
     return out
 
 
-class PackedCollator:
+class PackedCollator(PadCollator):
     """Pads packed rows to the batch's longest; padding forms its own position run and is never trained."""
 
-    def __init__(self, pad_token_id: int, multiple_of: int = 8):
-        self.pad_token_id = pad_token_id
-        self.multiple_of = multiple_of
-
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        longest = max(len(f["input_ids"]) for f in features)
-        width = -(-longest // self.multiple_of) * self.multiple_of
-        ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
-        positions = torch.arange(width, dtype=torch.long).repeat(len(features), 1)
-        for i, f in enumerate(features):
-            n = len(f["input_ids"])
-            ids[i, :n] = torch.as_tensor(f["input_ids"])
-            labels[i, :n] = torch.as_tensor(f["labels"])
+        ids, labels, lengths = self.pad(features)
+        positions = torch.arange(ids.shape[1], dtype=torch.long).repeat(len(features), 1)
+        for i, (f, n) in enumerate(zip(features, lengths)):
             positions[i, :n] = torch.as_tensor(f["position_ids"])
-            positions[i, n:] = torch.arange(width - n)
+            positions[i, n:] = torch.arange(ids.shape[1] - n)
         return {"input_ids": ids, "labels": labels, "position_ids": positions}
