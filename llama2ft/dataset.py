@@ -97,6 +97,8 @@ def summary_line(stats: dict) -> str:
     s = stats
     line = (f"data: {s['rows']} rows ({s['rows_skipped']} skipped), {s['turns']} turns, {s['tokens']} tokens, "
             f"{s['trained_tokens']} trained, {s['truncated_rows']} truncated, max length {s['max_len']}")
+    if s["rows_without_trained_tokens"]:
+        line += f"; {s['rows_without_trained_tokens']} rows dropped (no answer left within data.max_seq_len)"
     if "packed_rows" in s:
         line += f"; packed into {s['packed_rows']} rows ({s['packing_fill']:.0%} full)"
     if s.get("eval"):
