@@ -141,6 +141,7 @@ class TrainConfig:
     sample_eval: SampleEvalConfig = field(default_factory=SampleEvalConfig)
     task_name: str = "train"
     experiment_name: Optional[str] = None
+    objective: str = "eval_loss"  # the metric a run returns (sweeps sort by it; lower is better)
 
 
 def register_schema() -> None:

@@ -33,6 +33,16 @@ def say(msg: str) -> None:
 
 
 # ---------------------------------------------------------------- checks
+def finished_sweep_run(cfg: DictConfig, out_dir: Path) -> Optional[dict]:
+    """The metrics of a run this sweep already completed with the same resolved config, else None."""
+    saved = out_dir / "config.yaml"
+    if not (out_dir / "metrics.json").is_file() or not saved.is_file():
+        return None
+    if OmegaConf.to_container(OmegaConf.load(saved)) != OmegaConf.to_container(cfg, resolve=True):
+        return None
+    return json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
+
+
 def check_run_dir(out_dir: Path, resume: bool) -> None:
     """Never overwrite a finished run or silently restart over another run's checkpoints."""
     finished = [p for p in ("adapter", "model", "metrics.json") if (out_dir / p).exists()]
@@ -100,7 +110,7 @@ def training_arguments(cfg: DictConfig, out_dir: Path, has_eval: bool) -> Any:
 
 
 # ---------------------------------------------------------------- recipe
-def run_training(cfg: DictConfig) -> dict:
+def run_training(cfg: DictConfig, in_sweep: bool = False) -> dict:
     from transformers import Trainer
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -112,6 +122,13 @@ def run_training(cfg: DictConfig) -> dict:
     # 1. check everything that can be checked without a model
     validate(cfg)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    if in_sweep:  # rerunning a sweep skips completed runs and resumes unfinished ones
+        done = finished_sweep_run(cfg, out_dir)
+        if done is not None:
+            say(f"{out_dir}: already completed with this config, skipping")
+            return done
+        if (out_dir / "checkpoints").is_dir():
+            cfg.trainer.resume = True
     check_run_dir(out_dir, cfg.trainer.resume)
     train_rows, eval_rows = read_inputs(cfg)
     tokenizer = load_tokenizer(cfg.model)
@@ -216,8 +233,29 @@ register_schema()
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 @exit_on_user_error
 def _hydra_main(cfg: DictConfig) -> Optional[float]:
-    metrics = run_training(cfg)
-    return metrics.get("eval_loss")
+    from hydra.types import RunMode
+
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        return _sweep_job(cfg)
+    return run_training(cfg).get(cfg.objective)
+
+
+def _sweep_job(cfg: DictConfig) -> Optional[float]:
+    """One job of `llama2ft-train -m ...`: bad input fails this run only; the summary is rewritten after each."""
+    from llama2ft import sweep
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        metrics = run_training(cfg, in_sweep=True)
+        (out_dir / sweep.FAILED_MARK).unlink(missing_ok=True)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        if distributed.is_main_process():
+            (out_dir / sweep.FAILED_MARK).write_text(f"{exc}\n", encoding="utf-8")
+        metrics = {}
+    if distributed.is_main_process():
+        sweep.write(Path(HydraConfig.get().sweep.dir), cfg.objective)
+    return metrics.get(cfg.objective)
 
 
 def main() -> None:

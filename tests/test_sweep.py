@@ -1,0 +1,80 @@
+"""Multirun sweeps: a run folder per job, a summary at the sweep root, reruns skip or resume."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import run_cli
+from llama2ft import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+SWEEP = ["-m", "experiment=tiny_smoke", "lora=r8,r16", "trainer.learning_rate=1e-3,2e-3"]
+
+
+def summary(sweep_dir):
+    with (sweep_dir / "sweep_summary.csv").open(encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_by_two_sweep_summary_and_rerun_skips(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    res = run_cli("train", *SWEEP, f"hydra.sweep.dir={sweep_dir}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
+    rows = summary(sweep_dir)
+    assert len(rows) == 4 and all(r["status"] == "completed" for r in rows)
+    losses = [float(r["eval_loss"]) for r in rows]
+    assert losses == sorted(losses)  # best first
+    assert {r["overrides"] for r in rows} == {f"experiment=tiny_smoke lora={r} trainer.learning_rate={lr}"
+                                              for r in ("r8", "r16") for lr in ("0.001", "0.002")}
+    assert all(int(r["trained_tokens"]) > 0 and float(r["runtime_s"]) > 0 for r in rows)
+    assert "| run | status |" in (sweep_dir / "sweep_summary.md").read_text(encoding="utf-8")
+
+    stamp = (sweep_dir / "0" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
+    again = run_cli("train", *SWEEP, f"hydra.sweep.dir={sweep_dir}")
+    assert again.returncode == 0
+    assert again.stdout.count("already completed with this config, skipping") == 4
+    assert (sweep_dir / "0" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+
+    (sweep_dir / "sweep_summary.csv").unlink()
+    rebuilt = subprocess.run([sys.executable, "-m", "llama2ft.sweep", str(sweep_dir)], capture_output=True,
+                             text=True, cwd=PROJECT_ROOT)
+    assert rebuilt.returncode == 0 and summary(sweep_dir) == rows
+
+
+def test_a_bad_run_fails_alone(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    good = PROJECT_ROOT / "data" / "sample" / "train.csv"
+    res = run_cli("train", "-m", "experiment=tiny_smoke", f"data.train_file={good},{tmp_path}/missing.csv",
+                  f"hydra.sweep.dir={sweep_dir}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    status = {r["run"]: r["status"] for r in summary(sweep_dir)}
+    assert status["0"] == "completed" and status["1"].startswith("failed: invalid config")
+
+
+def test_killed_sweep_resumes_and_completes(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", "experiment=tiny_smoke", "trainer.max_steps=120", "trainer.save_steps=20",
+            "trainer.eval_steps=1000", "lora=r8,r16", f"hydra.sweep.dir={sweep_dir}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "llama2ft.train", *args], cwd=PROJECT_ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = sweep_dir / "0" / "checkpoints" / "checkpoint-20" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and not (sweep_dir / "0" / "metrics.json").exists()
+
+    res = run_cli("train", *args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "resuming from" in res.stdout
+    assert [r["status"] for r in summary(sweep_dir)] == ["completed", "completed"]
