@@ -150,3 +150,16 @@ def test_length_grouping_unless_packing(tmp_path, overrides, strategy):
 
     args = training_arguments(compose(overrides), tmp_path, has_eval=False)
     assert args.train_sampling_strategy == strategy
+
+
+def test_optuna_search_space_composes():
+    cfg = compose(["hparams_search=optuna"])
+    params = cfg.hydra.sweeper.params
+    assert cfg.hydra.sweeper.direction == "minimize" and cfg.objective == "eval_loss"
+    assert {"trainer.learning_rate", "lora.r", "lora.alpha", "lora.dropout"} <= set(params)
+
+
+def test_slurm_launcher_composes():
+    cfg = compose(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.partition == "gpu"

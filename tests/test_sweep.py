@@ -78,3 +78,37 @@ def test_killed_sweep_resumes_and_completes(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "resuming from" in res.stdout
     assert [r["status"] for r in summary(sweep_dir)] == ["completed", "completed"]
+
+
+def test_optuna_search_of_three_trials(tmp_path):
+    import yaml
+
+    sweep_dir = tmp_path / "optuna"
+    res = run_cli("train", "hparams_search=optuna", "experiment=tiny_smoke", "hydra.sweeper.n_trials=3",
+                  f"hydra.sweep.dir={sweep_dir}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    rows = summary(sweep_dir)
+    assert len(rows) == 3 and all(r["status"] == "completed" for r in rows)
+    assert results["best_value"] == pytest.approx(float(rows[0]["eval_loss"]), rel=1e-4)  # minimized eval loss
+    assert set(results["best_params"]) == {"trainer.learning_rate", "lora.r", "lora.alpha", "lora.dropout"}
+
+
+def test_a_run_reproduces_exactly_from_its_folder(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert run_cli("train", "experiment=tiny_smoke", f"hydra.run.dir={first}").returncode == 0
+    res = run_cli("train", "--config-path", str(first), "--config-name", "config", f"hydra.run.dir={second}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    name = "adapter/adapter_model.safetensors"
+    assert (first / name).read_bytes() == (second / name).read_bytes()  # bit-identical on CPU
+
+
+def test_sweep_under_accelerate_keeps_ranks_together(tmp_path):
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    res = run_cli("train", "-m", "experiment=tiny_smoke", "trainer.max_steps=4", "lora=r8,r16", cwd=tmp_path,
+                  launcher=accelerate)
+    assert res.returncode == 0, res.stderr[-2000:]
+    sweeps = list((tmp_path / "outputs" / "train" / "multirun").iterdir())
+    assert len(sweeps) == 1  # both ranks agreed on one sweep folder
+    assert [r["status"] for r in summary(sweeps[0])] == ["completed", "completed"]

@@ -129,9 +129,10 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
 
 
 def test_two_process_accelerate_run(tmp_path):
-    """Data parallel over 2 CPU processes (gloo): one shared run folder, written by rank 0 only."""
-    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    """Data parallel over 2 CPU processes (gloo) with the shipped DDP config: one shared run folder,
+    written by rank 0 only."""
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                  str(PROJECT_ROOT / "configs" / "accelerate" / "ddp.yaml")]
     res = run_cli("train", *SMOKE, "trainer.max_steps=6", cwd=tmp_path, launcher=accelerate)
     assert res.returncode == 0, res.stderr[-3000:]
     runs = list((tmp_path / "outputs" / "train").iterdir())
