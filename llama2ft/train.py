@@ -122,14 +122,15 @@ def run_training(cfg: DictConfig, in_sweep: bool = False) -> dict:
     # 1. check everything that can be checked without a model
     validate(cfg)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    resume = cfg.trainer.resume
     if in_sweep:  # rerunning a sweep skips completed runs and resumes unfinished ones
         done = finished_sweep_run(cfg, out_dir)
         if done is not None:
             say(f"{out_dir}: already completed with this config, skipping")
             return done
-        if (out_dir / "checkpoints").is_dir():
-            cfg.trainer.resume = True
-    check_run_dir(out_dir, cfg.trainer.resume)
+        # not written into cfg: the saved config.yaml must stay what the sweep asked for
+        resume = resume or (out_dir / "checkpoints").is_dir()
+    check_run_dir(out_dir, resume)
     train_rows, eval_rows = read_inputs(cfg)
     tokenizer = load_tokenizer(cfg.model)
 
@@ -165,7 +166,7 @@ def run_training(cfg: DictConfig, in_sweep: bool = False) -> dict:
     trainer = Trainer(model=model, args=args, train_dataset=prepared.train, eval_dataset=prepared.eval,
                       data_collator=collator, processing_class=tokenizer)
     resume_from = None
-    if cfg.trainer.resume:
+    if resume:
         resume_from = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
         say(f"resuming from {resume_from}" if resume_from else "trainer.resume=true but no checkpoint yet: "
             "starting from the beginning")

@@ -78,6 +78,8 @@ def test_killed_sweep_resumes_and_completes(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "resuming from" in res.stdout
     assert [r["status"] for r in summary(sweep_dir)] == ["completed", "completed"]
+    again = run_cli("train", *args)  # the resumed run counts as completed with the same config
+    assert again.returncode == 0 and again.stdout.count("already completed with this config, skipping") == 2
 
 
 def test_optuna_search_of_three_trials(tmp_path):
