@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from llama2ft import CONFIG_DIR
 from llama2ft.errors import ConfigError, UserError, exit_on_user_error
+from llama2ft.modeling import open_tokenizer
 from llama2ft.merge_verify import TOLERANCE, prompt_ids, verify
 from llama2ft.st_io import (TensorInfo, base_tensors, clean_stale, parse_size, plan_shards, publish,
                             read_tensor, shard_names, temp_dir_for, tensor_nbytes, write_shard)
@@ -313,7 +314,7 @@ def run_merge(cfg: DictConfig) -> Path:
     base = base_tensors(inp.base)
     adapters = [load_adapter(a) for a in inp.adapters]
     layout = check_fits(adapters, base)
-    tok = _load_tokenizer(inp.tokenizer)
+    tok = open_tokenizer(str(inp.tokenizer))
 
     output.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(output)
@@ -346,18 +347,6 @@ def _base_name(inp: Inputs) -> str:
     if inp.run_cfg is not None and inp.run_cfg.model.name_or_path:
         return str(inp.run_cfg.model.name_or_path)
     return str(inp.base) if not inp.tiny else "llama2ft tiny random-init Llama (base_model/ of the run)"
-
-
-def _load_tokenizer(path: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"could not load the tokenizer from {path}: {str(exc).strip().splitlines()[0]}") from exc
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
-    return tok
 
 
 def register_app_config(name: str) -> str:

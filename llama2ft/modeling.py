@@ -19,21 +19,26 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def load_tokenizer(model_cfg: DictConfig) -> Any:
-    """The tokenizer named by model.tokenizer (default model.name_or_path), with a pad token set."""
+def open_tokenizer(source: str, revision: Optional[str] = None, trust_remote_code: bool = False) -> Any:
+    """A tokenizer from a folder or hub id, with a pad token set; a failure is one clear UserError."""
     from transformers import AutoTokenizer
 
-    source = model_cfg.tokenizer or model_cfg.name_or_path
     try:
-        tok = AutoTokenizer.from_pretrained(source, revision=model_cfg.revision,
-                                            trust_remote_code=model_cfg.trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise UserError(f"could not load the tokenizer from {source!r}: {_first_line(exc)}") from exc
-    if tok.bos_token_id is None or tok.eos_token_id is None:
-        raise UserError(f"the tokenizer from {source!r} has no BOS/EOS token; Llama tokenizers have <s> and </s>")
     if tok.pad_token_id is None:
         # Llama-2 has no pad token; <unk> never appears in training labels, so padding with it is harmless.
         tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
+    return tok
+
+
+def load_tokenizer(model_cfg: DictConfig) -> Any:
+    """The training tokenizer named by model.tokenizer (default model.name_or_path)."""
+    source = model_cfg.tokenizer or model_cfg.name_or_path
+    tok = open_tokenizer(source, model_cfg.revision, model_cfg.trust_remote_code)
+    if tok.bos_token_id is None or tok.eos_token_id is None:
+        raise UserError(f"the tokenizer from {source!r} has no BOS/EOS token; Llama tokenizers have <s> and </s>")
     tok.padding_side = "right"
     return tok
 

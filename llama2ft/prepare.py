@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from llama2ft import CONFIG_DIR
 from llama2ft.config import register_schema, validate
 from llama2ft.dataset import Rows, encode_rows, read_rows, split_rows, summary_line, write_stats
-from llama2ft.errors import exit_on_user_error
+from llama2ft.errors import DataError, exit_on_user_error
 from llama2ft.templates import get_template
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,6 @@ def tokenize_inputs(cfg: DictConfig, tokenizer: Any, train_rows: Rows, eval_rows
 
 def _build(cfg: DictConfig, tokenizer: Any, train_rows: Rows, eval_rows: Optional[Rows]) -> tuple:
     from datasets import Dataset
-
-    from llama2ft.errors import DataError
 
     template = get_template(cfg.template.name, cfg.template.system)
     columns, stats = encode_rows(train_rows, template, tokenizer, cfg.data)

@@ -135,7 +135,6 @@ def run_training(cfg: DictConfig, in_sweep: bool = False) -> dict:
     tokenizer = load_tokenizer(cfg.model)
 
     # 2. data, tokenized on the main process first
-    prepared: Optional[Prepared] = None
     with distributed.main_process_first():
         prepared = tokenize_inputs(cfg, tokenizer, train_rows, eval_rows)
     if distributed.is_main_process():
