@@ -25,6 +25,7 @@ from llama2ft import CONFIG_DIR
 from llama2ft.errors import ConfigError, UserError, exit_on_user_error
 from llama2ft.modeling import open_tokenizer
 from llama2ft.merge_verify import TOLERANCE, prompt_ids, verify
+from llama2ft.templates import CHAT_META_FILE
 from llama2ft.st_io import (TensorInfo, base_tensors, clean_stale, parse_size, plan_shards, publish,
                             read_tensor, shard_names, temp_dir_for, tensor_nbytes, write_shard)
 
@@ -324,6 +325,8 @@ def run_merge(cfg: DictConfig) -> Path:
         shards = write_weights(layout, adapters, tmp, dtype, parse_size(str(cfg.max_shard_size)))
         write_config(inp, layout, tmp, dtype_name, tok)
         tok.save_pretrained(str(tmp))
+        (tmp / CHAT_META_FILE).write_text(json.dumps({"template": inp.template, "system": inp.system},
+                                                     ensure_ascii=False, indent=2), encoding="utf-8")
         ids = prompt_ids(inp.template, inp.system, tok)
         card = CardInfo(base=str(cfg.base_name or _base_name(inp)), adapters=[str(a) for a in inp.adapters],
                         dtype=dtype_name, run=inp.run, run_cfg=inp.run_cfg, template=inp.template,

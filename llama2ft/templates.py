@@ -14,6 +14,9 @@ from llama2ft.dialogue import Turn
 
 IGNORE_INDEX = -100
 TEMPLATE_NAMES = ("human_assistant", "llama2_inst")
+# Written by llama2ft-merge beside a published model: its template and system prompt, so that chat, web,
+# API and eval render prompts the way the model was trained without being told.
+CHAT_META_FILE = "llama2ft.json"
 DEFAULT_SYSTEM = "You are a helpful assistant. 你是一个乐于助人的助手。请用中文回答。"
 
 

@@ -1,0 +1,267 @@
+"""The generation core behind chat, web, API and evaluation: one template, one sampler, one streamer.
+
+Prompts are rendered by `templates.encode_prompt`, i.e. the training tokenization of the conversation up
+to the start of the answer. Each request gets its own streamer (no cross-talk between users) and
+requests take turns on the model under a lock (see `ChatModel.lock`).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+import torch
+
+from llama2ft.dialogue import Turn
+from llama2ft.errors import UserError
+from llama2ft.templates import Template, encode_prompt, get_template
+
+
+@dataclass
+class Sampling:
+    """Sampling settings, named as in transformers; the defaults are the community's chat defaults."""
+
+    temperature: float = 0.3  # 0 means greedy
+    top_p: float = 0.95
+    top_k: int = 50
+    repetition_penalty: float = 1.3
+    max_new_tokens: int = 512
+    do_sample: bool = True  # false: greedy, whatever the temperature
+    seed: Optional[int] = None  # set: the same seed gives the same sampled answer
+
+    def problems(self, prefix: str = "") -> list[str]:
+        p = []
+        if not 0 <= self.temperature <= 2:
+            p.append(f"{prefix}temperature={self.temperature}: must be in [0, 2] (0 is greedy)")
+        if not 0 < self.top_p <= 1:
+            p.append(f"{prefix}top_p={self.top_p}: must be in (0, 1]")
+        if self.top_k < 0:
+            p.append(f"{prefix}top_k={self.top_k}: must be >= 0 (0 turns it off)")
+        if not 0 < self.repetition_penalty <= 10:
+            p.append(f"{prefix}repetition_penalty={self.repetition_penalty}: must be in (0, 10]")
+        if self.max_new_tokens < 1:
+            p.append(f"{prefix}max_new_tokens={self.max_new_tokens}: must be >= 1")
+        return p
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature == 0
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"repetition_penalty": self.repetition_penalty}
+        if self.greedy:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kw.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        return kw
+
+
+@dataclass
+class Reply:
+    text: str
+    finish_reason: str = "stop"  # stop: the model wrote EOS; length: max_new_tokens ran out; cancelled
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    dropped_turns: int = 0  # oldest turns left out so that the prompt fits the context
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class Generation:
+    """Iterate to receive the answer as text pieces while it is generated; `reply` holds the result after.
+
+    Whitespace around the answer (the templates' stop text before EOS) is never shown."""
+
+    def __init__(self, chat: "ChatModel", prompt: list[int], sampling: Sampling, max_new_tokens: int,
+                 dropped: int):
+        self.chat, self.prompt, self.sampling, self.max_new_tokens = chat, prompt, sampling, max_new_tokens
+        self.reply = Reply("", "stop", len(prompt), 0, dropped)
+        self._ids: list[int] = []
+        self._queue: "queue.Queue[Optional[str]]" = queue.Queue()
+        self._cancel = threading.Event()
+        self._error: Optional[BaseException] = None
+        self._shown = ""
+        self._started = False
+
+    # -- called by transformers' generate (BaseStreamer protocol) in the worker thread
+    def put(self, value: torch.Tensor) -> None:
+        if self._cancel.is_set():
+            raise _Cancelled()
+        ids = value.reshape(-1).tolist()
+        if not self._started:  # generate() first hands over the prompt
+            self._started = True
+            return
+        eos = self.chat.tokenizer.eos_token_id
+        for i in ids:
+            if i == eos:
+                return
+            self._ids.append(i)
+        text = self._text()
+        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+            return
+        visible = text.lstrip().rstrip()
+        if visible.startswith(self._shown) and len(visible) > len(self._shown):
+            self._queue.put(visible[len(self._shown):])
+            self._shown = visible
+
+    def end(self) -> None:
+        pass
+
+    def _text(self) -> str:
+        return self.chat.tokenizer.decode(self._ids, skip_special_tokens=True)
+
+    # -- consumer side
+    def _run(self) -> None:
+        try:
+            with self.chat.lock:
+                self.chat.generate_ids([self.prompt], self.sampling, self.max_new_tokens, streamer=self)
+        except _Cancelled:
+            self.reply.finish_reason = "cancelled"
+        except BaseException as exc:  # re-raised in the consumer thread
+            self._error = exc
+        finally:
+            self._queue.put(None)
+
+    def __iter__(self) -> Iterator[str]:
+        worker = threading.Thread(target=self._run, daemon=True)
+        worker.start()
+        try:
+            while (piece := self._queue.get()) is not None:
+                yield piece
+        finally:
+            self._cancel.set()  # a consumer that stops early (client gone) stops the generation too
+            worker.join()
+        if self._error is not None:
+            raise self._error
+        eos = self.chat.tokenizer.eos_token_id
+        self.reply.completion_tokens = len(self._ids)
+        if self.reply.finish_reason != "cancelled":
+            full = len(self._ids) >= self.max_new_tokens and eos not in self._ids
+            self.reply.finish_reason = "length" if full else "stop"
+        self.reply.text = self._text().strip()
+        if self.reply.text != self._shown and self.reply.text.startswith(self._shown):
+            yield self.reply.text[len(self._shown):]
+
+    def run(self) -> Reply:
+        for _ in self:
+            pass
+        return self.reply
+
+
+@dataclass
+class ChatModel:
+    """A loaded model with its tokenizer and template."""
+
+    model: Any
+    tokenizer: Any
+    template: Template
+    context_length: int
+    name: str = "model"
+    # One generation at a time: HF generate has no continuous batching, and interleaving requests in
+    # one batch would change their results; the lock queues requests so each keeps its own tokens.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def template_for(self, system: Optional[str]) -> Template:
+        return self.template if system is None else get_template(self.template.name, system or None)
+
+    def prompt_ids(self, turns: list[Turn], max_new_tokens: int, system: Optional[str] = None
+                   ) -> tuple[list[int], int, int]:
+        """(prompt ids, number of oldest turns dropped to fit, tokens left for the answer)."""
+        if not turns or turns[-1].role != "human":
+            raise UserError("the conversation must end with a user message")
+        if not turns[-1].text.strip():
+            raise UserError("the message is empty")
+        template = self.template_for(system)
+        reserve = min(max_new_tokens, self.context_length // 4)  # room kept for the answer
+        dropped = 0
+        while True:
+            ids = encode_prompt(template, self.tokenizer, turns[dropped:])
+            if len(ids) + reserve <= self.context_length:
+                break
+            nxt = next((i for i in range(dropped + 1, len(turns)) if turns[i].role == "human"), None)
+            if nxt is None:
+                raise UserError(f"the message is too long: its prompt is {len(ids)} tokens and the model's context "
+                                f"is {self.context_length} (with {reserve} kept for the answer)")
+            dropped = nxt
+        return ids, dropped, min(max_new_tokens, self.context_length - len(ids))
+
+    def stream(self, turns: list[Turn], sampling: Sampling, system: Optional[str] = None) -> Generation:
+        ids, dropped, room = self.prompt_ids(turns, sampling.max_new_tokens, system)
+        return Generation(self, ids, sampling, room, dropped)
+
+    def chat(self, turns: list[Turn], sampling: Sampling, system: Optional[str] = None) -> Reply:
+        return self.stream(turns, sampling, system).run()
+
+    def stream_raw(self, text: str, sampling: Sampling) -> Generation:
+        """Plain-text completion (no template): BOS + the text, as in continued pre-training."""
+        ids = [self.tokenizer.bos_token_id, *self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+        if len(ids) >= self.context_length:
+            raise UserError(f"the prompt is {len(ids)} tokens; the model's context is {self.context_length}")
+        return Generation(self, ids, sampling, min(sampling.max_new_tokens, self.context_length - len(ids)), 0)
+
+    def chat_batch(self, conversations: list[list[Turn]], sampling: Sampling, system: Optional[str] = None,
+                   batch_size: int = 8) -> list[Reply]:
+        """Answers to many conversations, `batch_size` at a time with left padding (evaluation)."""
+        replies: list[Reply] = []
+        for start in range(0, len(conversations), batch_size):
+            chunk = [self.prompt_ids(c, sampling.max_new_tokens, system) for c in
+                     conversations[start:start + batch_size]]
+            room = min(r for _, _, r in chunk)
+            with self.lock:
+                rows = self.generate_ids([ids for ids, _, _ in chunk], sampling, room)
+            for (ids, dropped, _), out in zip(chunk, rows):
+                replies.append(self._reply(ids, out, room, dropped))
+        return replies
+
+    def _reply(self, prompt: list[int], out: list[int], room: int, dropped: int) -> Reply:
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        stopped = eos in out
+        if stopped:
+            out = out[: out.index(eos)]
+        elif pad != eos:
+            while out and out[-1] == pad:
+                out = out[:-1]
+        text = self.tokenizer.decode(out, skip_special_tokens=True).strip()
+        return Reply(text, "stop" if stopped or len(out) < room else "length", len(prompt), len(out), dropped)
+
+    @torch.no_grad()
+    def generate_ids(self, prompts: list[list[int]], sampling: Sampling, max_new_tokens: int,
+                     streamer: Any = None) -> list[list[int]]:
+        """Left-padded batch generation; returns the new token ids of each prompt (EOS and padding kept)."""
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.as_tensor(p)
+            mask[i, width - len(p):] = 1
+        if sampling.seed is not None and not sampling.greedy:
+            torch.manual_seed(sampling.seed)
+            if torch.cuda.is_available():
+                torch.cuda.manual_seed_all(sampling.seed)
+        out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                  max_new_tokens=max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
+                                  pad_token_id=pad, streamer=streamer, **sampling.generate_kwargs())
+        return out[:, width:].tolist()
+
+
+def to_turns(messages: list[tuple[str, str]]) -> list[Turn]:
+    """(role, text) pairs with roles user/human and assistant into turns; consecutive user messages
+    are joined, because the template has no place for two human turns in a row."""
+    turns: list[Turn] = []
+    for role, text in messages:
+        kind = {"user": "human", "human": "human", "assistant": "assistant"}.get(role)
+        if kind is None:
+            raise UserError(f"unknown message role {role!r}; use user, assistant or system")
+        if turns and turns[-1].role == kind:
+            turns[-1] = Turn(kind, f"{turns[-1].text}\n{text}")
+        else:
+            turns.append(Turn(kind, text))
+    if turns and turns[0].role == "assistant":
+        turns = turns[1:]  # a greeting the model never saw in training has no human turn to follow
+    return turns

@@ -1,0 +1,170 @@
+"""Load a model to talk to: a training run, a merged (or any) model folder, or a base plus an adapter.
+
+A run brings its base, adapter, tokenizer, template and quantization; for a folder written by
+`llama2ft-merge` the template comes from its `llama2ft.json`; explicit keys win over both.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from llama2ft.errors import UserError, first_line
+from llama2ft.generation import ChatModel
+from llama2ft.modeling import open_tokenizer
+from llama2ft.templates import CHAT_META_FILE_FILE, TEMPLATE_NAMES, get_template
+
+QUANT_MODES = ("none", "int8", "nf4")
+
+
+@dataclass
+class ModelSpec:
+    """What to load; None means "take it from the run / folder, else the default"."""
+
+    run: Optional[str] = None
+    name_or_path: Optional[str] = None
+    adapter: Optional[str] = None
+    tokenizer: Optional[str] = None
+    template: Optional[str] = None
+    system: Optional[str] = None
+    quant: Optional[str] = None
+    dtype: str = "auto"
+    device: str = "auto"
+    revision: Optional[str] = None
+    trust_remote_code: bool = False
+    name: Optional[str] = None  # display name
+
+    def problems(self, prefix: str = "") -> list[str]:
+        p = []
+        if self.run is None and self.name_or_path is None:
+            p.append(f"{prefix}run=RUN_DIR or {prefix}model.name_or_path=PATH (or model=<preset>) is required")
+        if self.run is not None and self.name_or_path is not None:
+            p.append(f"{prefix}run= already names the model; do not combine it with model.name_or_path")
+        if self.run is not None and not (Path(self.run).expanduser() / "config.yaml").is_file():
+            p.append(f"{prefix}run={self.run}: not a training run folder (no config.yaml)")
+        if self.run is not None and self.adapter is not None:
+            p.append(f"{prefix}run= already names the adapter; do not combine it with adapter=")
+        if self.template is not None and self.template not in TEMPLATE_NAMES:
+            p.append(f"{prefix}template={self.template!r}: must be one of {', '.join(TEMPLATE_NAMES)}")
+        if self.quant is not None and self.quant not in QUANT_MODES:
+            p.append(f"{prefix}quant={self.quant!r}: must be one of {', '.join(QUANT_MODES)}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            p.append(f"{prefix}dtype={self.dtype!r}: must be auto, float32, bfloat16 or float16")
+        if self.device not in ("auto", "cpu", "cuda"):
+            p.append(f"{prefix}device={self.device!r}: must be auto, cpu or cuda")
+        return p
+
+
+@dataclass
+class Resolved:
+    base: str
+    adapter: Optional[str]
+    tokenizer: str
+    template: str
+    system: Optional[str]
+    quant: str
+    label: str
+
+
+def resolve(spec: ModelSpec) -> Resolved:
+    """Where each part comes from; checks that folders exist before anything is loaded."""
+    if spec.run is not None:
+        run = Path(spec.run).expanduser()
+        if not (run / "config.yaml").is_file():
+            raise UserError(f"{run} is not a training run folder (no config.yaml); pass run=<hydra.run.dir of "
+                            "llama2ft-train>")
+        cfg = OmegaConf.load(run / "config.yaml")
+        if (run / "adapter").is_dir():
+            adapter: Optional[str] = str(run / "adapter")
+            name = cfg.model.name_or_path
+            base = str(name) if name else str(run / "base_model")
+        elif (run / "model").is_dir():
+            adapter, base = None, str(run / "model")
+        else:
+            raise UserError(f"{run} has neither adapter/ nor model/: the run is unfinished or failed")
+        tok = spec.tokenizer or str(run / "tokenizer" if (run / "tokenizer").is_dir() else adapter or base)
+        return Resolved(base, adapter, tok, spec.template or cfg.template.name,
+                        spec.system if spec.system is not None else cfg.template.system,
+                        spec.quant or cfg.quant.mode, spec.name or run.name)
+    base = str(spec.name_or_path)
+    local = Path(base).expanduser()
+    if base.startswith((".", "/", "~")) and not local.exists():
+        raise UserError(f"model folder {base} not found")
+    meta = json.loads((local / CHAT_META_FILE).read_text(encoding="utf-8")) if (local / CHAT_META_FILE).is_file() else {}
+    if spec.adapter is not None:
+        if not (Path(spec.adapter) / "adapter_config.json").is_file():
+            raise UserError(f"adapter={spec.adapter}: not a peft adapter folder (no adapter_config.json)")
+    tok = spec.tokenizer or (spec.adapter if spec.adapter and _has_tokenizer(spec.adapter) else base)
+    return Resolved(base, spec.adapter, tok, spec.template or meta.get("template", "human_assistant"),
+                    spec.system if spec.system is not None else meta.get("system"), spec.quant or "none",
+                    spec.name or local.name)
+
+
+def _has_tokenizer(folder: str) -> bool:
+    return (Path(folder) / "tokenizer_config.json").is_file()
+
+
+def _device(spec: ModelSpec) -> str:
+    if spec.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA GPU is available")
+    if spec.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return spec.device
+
+
+def _dtype(spec: ModelSpec, device: str) -> torch.dtype:
+    if spec.dtype != "auto":
+        return getattr(torch, spec.dtype)
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_chat_model(spec: ModelSpec) -> ChatModel:
+    """Resolve and load; every failure is one UserError naming what could not be loaded."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    problems = spec.problems()
+    if problems:
+        raise UserError("; ".join(problems))
+    r = resolve(spec)
+    tok = open_tokenizer(r.tokenizer, spec.revision, spec.trust_remote_code)
+    if tok.bos_token_id is None or tok.eos_token_id is None:
+        raise UserError(f"the tokenizer from {r.tokenizer!r} has no BOS/EOS token")
+    device = _device(spec)
+    dtype = _dtype(spec, device)
+    kwargs: dict[str, Any] = {"dtype": dtype, "revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    if r.quant == "int8":
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    elif r.quant == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype)
+    if r.quant != "none" and device == "cuda":
+        kwargs["device_map"] = {"": 0}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(r.base, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"could not load the model from {r.base!r}: {first_line(exc)}") from exc
+    if r.quant == "none":
+        model.to(device)
+    if r.adapter is not None:
+        model = _with_adapter(model, r.adapter, r.base)
+    model.eval()
+    model.generation_config.use_cache = True
+    context = int(getattr(model.config, "max_position_embeddings", 0) or 4096)
+    return ChatModel(model, tok, get_template(r.template, r.system), context, r.label)
+
+
+def _with_adapter(model: Any, adapter: str, base: str) -> Any:
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, adapter)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise UserError(f"adapter {adapter} does not fit the base model {base}: {first_line(exc)}") from exc
+
