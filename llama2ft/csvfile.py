@@ -1,4 +1,4 @@
-"""Read one column of a user's csv file, with clear errors for the usual mistakes.
+"""Read columns of a user's csv file, with clear errors for the usual mistakes.
 
 Pure stdlib so it can run (and fail fast) before any model is loaded.
 """
@@ -53,6 +53,41 @@ def read_column(
     if not out:
         raise DataError(f"{shown} has a header but no data rows")
     return out
+
+
+def read_columns(
+    path: str | os.PathLike[str],
+    required: tuple[str, ...],
+    optional: tuple[str, ...] = (),
+    encoding: str | None = None,
+) -> list[tuple[int, dict[str, str]]]:
+    """Like `read_column`, for several columns: ``(row_number, {name: cell})`` per data row.
+
+    Every ``required`` column must be in the header; an ``optional`` column that is absent is
+    left out of the dicts (present but short rows give ""). Same decoding and errors as `read_column`.
+    """
+    shown = os.fspath(path)
+    text = _decode(shown, _read_bytes(shown), encoding)
+    if not text.strip():
+        raise DataError(f"{shown} is empty; expected a csv with a header row naming the columns {_names(required)}")
+
+    rows = _rows(shown, text)
+    _, header = next(rows)  # exists: the text is not blank
+    names = [name.strip() for name in header]
+    missing = [c for c in required if c not in names]
+    if missing:
+        found = ", ".join(repr(name) for name in header)
+        raise DataError(f"{shown} has no column {_names(missing)}; columns found: {found}")
+    indices = {c: _column_index(shown, header, c) for c in (*required, *optional) if c in names}
+
+    out = [(n, {c: fields[i] if i < len(fields) else "" for c, i in indices.items()}) for n, fields in rows]
+    if not out:
+        raise DataError(f"{shown} has a header but no data rows")
+    return out
+
+
+def _names(columns: tuple[str, ...] | list[str]) -> str:
+    return ", ".join(repr(c) for c in columns)
 
 
 def _read_bytes(path: str) -> bytes:
