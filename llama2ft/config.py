@@ -36,6 +36,8 @@ class ModelConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     attn_implementation: Optional[str] = None  # None: transformers' default (sdpa)
     init: Optional[TinyInit] = None
+    # Embedding/head rows added for a tokenizer larger than the model (llama2ft-vocab): mean | normal
+    resize_init: str = "mean"
 
 
 @dataclass
@@ -168,6 +170,7 @@ def collect_problems(cfg: DictConfig) -> list[str]:
     if m.name_or_path is not None and m.name_or_path.startswith((".", "/")) and not Path(m.name_or_path).exists():
         p.append(f"model.name_or_path={m.name_or_path!r}: folder not found")
     _one_of(p, "model.dtype", m.dtype, ["auto", "float32", "bfloat16", "float16"])
+    _one_of(p, "model.resize_init", m.resize_init, ["mean", "normal"])
     if m.init is not None:
         for key in ("hidden_size", "intermediate_size"):
             if m.init[key] <= 0 or m.init[key] % 32:

@@ -131,16 +131,40 @@ def load_model(cfg: DictConfig, base_path: str, dtype: torch.dtype) -> Any:
     return model
 
 
-def apply_lora(model: Any, cfg: DictConfig) -> Any:
-    """Wrap `model` in a peft LoRA adapter (seeded: LoRA's A matrices are drawn here)."""
+def resize_embeddings(model: Any, vocab: int, init: str) -> Optional[tuple[int, int]]:
+    """Grow the embeddings and output head to hold `vocab` tokens (an extended tokenizer), rounded up
+    to a multiple of 32 like build_tiny_base. init="mean": new rows are the mean of the old rows
+    (transformers' mean_resizing, which adds noise of 1e-9 x their covariance), so a new token starts
+    with an average embedding and an average logit and the loss does not jump; "normal": the model's
+    own random init. Returns (old rows, new rows), or None when the model is already large enough."""
+    from transformers import set_seed
+
+    rows = model.get_input_embeddings().weight.shape[0]
+    if vocab <= rows:
+        return None
+    set_seed(0)  # "mean" samples its (tiny) noise, "normal" its rows: reproducible either way
+    model.resize_token_embeddings(vocab, pad_to_multiple_of=32, mean_resizing=init == "mean")
+    return rows, model.get_input_embeddings().weight.shape[0]
+
+
+def embedding_module_names(model: Any) -> list[str]:
+    """Names (as peft's modules_to_save wants them) of the input embeddings and the output head."""
+    wanted = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
+    return [name.rsplit(".", 1)[-1] for name, module in model.named_modules() if any(module is m for m in wanted)]
+
+
+def apply_lora(model: Any, cfg: DictConfig, also_save: list[str] | tuple[str, ...] = ()) -> Any:
+    """Wrap `model` in a peft LoRA adapter (seeded: LoRA's A matrices are drawn here); `also_save`
+    modules train in full besides lora.modules_to_save (e.g. resized embeddings)."""
     from peft import LoraConfig, get_peft_model
     from transformers import set_seed
 
     set_seed(cfg.trainer.seed)
     lora = cfg.lora
+    to_save = list(dict.fromkeys([*lora.modules_to_save, *also_save]))
     config = LoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules),
-        modules_to_save=list(lora.modules_to_save) or None, task_type="CAUSAL_LM", bias="none")
+        modules_to_save=to_save or None, task_type="CAUSAL_LM", bias="none")
     try:
         return get_peft_model(model, config)
     except ValueError as exc:

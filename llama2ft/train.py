@@ -116,8 +116,8 @@ def run_training(cfg: DictConfig, in_sweep: bool = False) -> dict:
 
     from llama2ft.collator import PadCollator
     from llama2ft.packing import PackedCollator
-    from llama2ft.modeling import apply_lora, build_tiny_base, compute_dtype, count_parameters, load_model, \
-        load_tokenizer
+    from llama2ft.modeling import apply_lora, build_tiny_base, compute_dtype, count_parameters, \
+        embedding_module_names, load_model, load_tokenizer, resize_embeddings
 
     # 1. check everything that can be checked without a model
     validate(cfg)
@@ -151,8 +151,16 @@ def run_training(cfg: DictConfig, in_sweep: bool = False) -> dict:
             if distributed.is_main_process() and not (out_dir / "base_model" / "config.json").exists():
                 build_tiny_base(cfg.model, tokenizer, out_dir / "base_model")
     model = load_model(cfg, base_path, dtype)
+    also_save: list[str] = []
+    grown = resize_embeddings(model, len(tokenizer), cfg.model.resize_init)
+    if grown:  # an extended tokenizer (llama2ft-vocab): the new rows must train
+        also_save = [n for n in embedding_module_names(model) if n not in cfg.lora.modules_to_save]
+        say(f"tokenizer has {len(tokenizer)} pieces, the model {grown[0]} embedding rows: embeddings and head "
+            f"resized to {grown[1]} rows (new rows: model.resize_init={cfg.model.resize_init})"
+            + (f"; training them in full (lora.modules_to_save += {also_save})" if cfg.lora.enabled and also_save
+               else ""))
     if cfg.lora.enabled:
-        model = apply_lora(model, cfg)
+        model = apply_lora(model, cfg, also_save)
     trainable, total = count_parameters(model)
     say(f"model: {base_path} ({total:,} parameters, {trainable:,} trainable, {dtype}, quant={cfg.quant.mode})")
 
