@@ -277,7 +277,7 @@ def _bar_chart(plt: Any, path: Path, groups: list[str], series: dict[str, list[O
     """Grouped bars of 0..1 values shown in %, one colour per series, values written on the bars."""
     n_series = len(series)
     width = 0.8 / n_series
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + len(groups) * (0.5 + 0.35 * n_series)), 4.8), dpi=110)
+    fig, ax = plt.subplots(figsize=(min(20.0, max(6.0, 1.0 + len(groups) * (0.5 + 0.35 * n_series))), 4.8), dpi=110)
     colors = plt.get_cmap("tab10").colors
     for j, (label, values) in enumerate(series.items()):
         xs = [i + (j - (n_series - 1) / 2) * width for i in range(len(groups))]
