@@ -74,19 +74,23 @@ def chinese_runs(texts: Iterable[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------- learning pieces
-def learn_pieces(runs: list[str], size: int, min_frequency: int) -> tuple[list[str], list[tuple[str, str]]]:
+def learn_pieces(runs: list[str], size: int, min_frequency: int,
+                 max_length: Optional[int] = None) -> tuple[list[str], list[tuple[str, str]]]:
     """(characters by falling frequency, BPE merges in training order) of a Chinese BPE of about
-    `size` merges trained on the runs (each run is one word: merges never cross punctuation)."""
+    `size` merges trained on the runs (each run is one word: merges never cross punctuation), with
+    pieces of at most `max_length` characters."""
     from tokenizers import Tokenizer, models, trainers
 
     chars = Counter(ch for run in runs for ch in run)
     alphabet = [ch for ch, n in sorted(chars.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_frequency]
     tok = Tokenizer(models.BPE())
     trainer = trainers.BpeTrainer(vocab_size=len(chars) + size, min_frequency=min_frequency, show_progress=False,
-                                  special_tokens=[])
+                                  special_tokens=[], max_token_length=max_length and max_length + 1)
     tok.train_from_iterator(runs, trainer)
-    merges = json.loads(tok.to_str())["model"]["merges"]
-    return alphabet, [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in merges]
+    # tokenizers 0.23 keeps pieces shorter than max_token_length (hence the +1); the filter makes the limit exact
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1))
+              for m in json.loads(tok.to_str())["model"]["merges"]]
+    return alphabet, [(a, b) for a, b in merges if max_length is None or len(a + b) <= max_length]
 
 
 def extend_spec(spec: dict, chars: list[str], merges: list[tuple[str, str]], total: int) -> tuple[int, bool]:
@@ -212,6 +216,8 @@ def _check_cfg(cfg: DictConfig) -> None:
         problems.append(f"vocab_size={cfg.vocab_size!r}: give the new total number of pieces (an integer)")
     if not isinstance(cfg.min_frequency, int) or cfg.min_frequency < 1:
         problems.append(f"min_frequency={cfg.min_frequency!r}: must be an integer >= 1")
+    if cfg.max_piece_length is not None and (not isinstance(cfg.max_piece_length, int) or cfg.max_piece_length < 2):
+        problems.append(f"max_piece_length={cfg.max_piece_length!r}: must be an integer >= 2 (or null: no limit)")
     if problems:
         raise ConfigError(problems)
 
@@ -240,7 +246,8 @@ def run_vocab(cfg: DictConfig) -> Path:
     base_spec = json.loads(json.dumps(spec))  # extend_spec changes `spec` in place
     vocab = spec["model"]["vocab"]
     existing = sum(1 for p in vocab if len(p) > 1 and CJK_RUN.fullmatch(p))  # merges that may add nothing new
-    chars, merges = learn_pieces(runs, cfg.vocab_size - base_size + existing, cfg.min_frequency)
+    chars, merges = learn_pieces(runs, cfg.vocab_size - base_size + existing, cfg.min_frequency,
+                                 cfg.max_piece_length)
     added, joined = extend_spec(spec, chars, merges, cfg.vocab_size)
     new_chars = sum(1 for p, i in vocab.items() if i >= base_size and len(p) == 1)
 
@@ -261,7 +268,8 @@ def run_vocab(cfg: DictConfig) -> Path:
             figures["heldout"] = [tokens_per_char(base_tok, heldout), tokens_per_char(ext_tok, heldout)]
         report = {"base": str(cfg.base), "base_size": base_size, "size": len(ext_tok), "added": added,
                   "added_characters": new_chars, "corpus": str(cfg.corpus), "heldout": cfg.heldout,
-                  "min_frequency": cfg.min_frequency, "cjk_runs_joined": joined, "round_trip_checked": checked,
+                  "min_frequency": cfg.min_frequency,
+                  "max_piece_length": cfg.max_piece_length, "cjk_runs_joined": joined, "round_trip_checked": checked,
                   "tokens_per_char": {k: {"before": round(b, 4), "after": round(a, 4)} for k, (b, a) in figures.items()}}
         (tmp / REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if output.exists():

@@ -42,7 +42,7 @@ def load_tok(path: Path):
 
 @pytest.fixture(scope="module")
 def extended(tmp_path_factory) -> Path:
-    return build(tmp_path_factory.mktemp("vocab"))
+    return build(tmp_path_factory.mktemp("vocab"), max_piece_length=4)
 
 
 def assert_extends(base, ext, size: int) -> None:
@@ -68,6 +68,7 @@ def test_extension_keeps_ids_round_trips_and_shortens_the_sample_data(extended, 
     assert not any("<s>" in t or "Assistant:" in t for t in dev)  # community markup stripped
     before, after = tokens_per_char(tokenizer, dev), tokens_per_char(ext, dev)
     assert after < 0.7 * before
+    assert max(len(p) for p, i in ext.get_vocab().items() if i >= 2048) == 4  # max_piece_length
     report = json.loads((extended / "vocab_extension.json").read_text(encoding="utf-8"))
     assert report["added"] == 256 and report["tokens_per_char"]["heldout"]["after"] == pytest.approx(after, abs=1e-3)
     assert not (extended.parent / ".ext.tmp").exists()
@@ -122,6 +123,7 @@ def test_new_characters_from_a_real_chinese_corpus(tmp_path, tokenizer):
     ({"corpus": "/nope/corpus.txt"}, "file not found"),
     ({"corpus": None}, "corpus=PATH is required"),
     ({"vocab_size": "big"}, "vocab_size='big'"),
+    ({"max_piece_length": 1}, "max_piece_length=1: must be an integer >= 2"),
     ({"base": "/nope/tokenizer"}, "could not load the tokenizer"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, overrides, needle):
@@ -205,7 +207,7 @@ def test_pretrain_raw_then_sft_then_merge_with_an_extended_vocabulary(extended, 
     assert "lora.modules_to_save += ['embed_tokens', 'lm_head']" in out
     merge(tmp_path / "pt", tmp_path / "pt-merged")
     emb = AutoModelForCausalLM.from_pretrained(str(tmp_path / "pt-merged")).get_input_embeddings().weight
-    new_ids = load_tok(extended)("请用中文写出数字", add_special_tokens=False).input_ids
+    new_ids = load_tok(extended).convert_tokens_to_ids(["数字", "中文", "写出"])  # new pieces
     assert min(new_ids) >= 2048 and emb.shape[0] == 2304
     assert float((emb[new_ids] - emb[2048:].mean(0)).abs().max().detach()) > 1e-3  # the new rows trained
 
@@ -217,6 +219,6 @@ def test_pretrain_raw_then_sft_then_merge_with_an_extended_vocabulary(extended, 
     assert len(tok) == model.get_input_embeddings().weight.shape[0] == model.config.vocab_size == 2304
     ids = tok("<s>Human: 请用中文写出数字 407。\n</s><s>Assistant: ", add_special_tokens=False,
               return_tensors="pt").input_ids
-    assert tok.convert_ids_to_tokens(ids[0])[3] == "请用中文写出数字"
+    assert int(ids.max()) >= 2048 and "请用中文" in tok.convert_ids_to_tokens(ids[0])  # new pieces in use
     generated = model.generate(ids, max_new_tokens=4, do_sample=False)
     assert generated.shape[1] > ids.shape[1] and int(generated.max()) < 2304
