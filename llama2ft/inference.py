@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from llama2ft.errors import UserError, first_line
 from llama2ft.generation import ChatModel
 from llama2ft.modeling import open_tokenizer
-from llama2ft.templates import CHAT_META_FILE_FILE, TEMPLATE_NAMES, get_template
+from llama2ft.templates import CHAT_META_FILE, TEMPLATE_NAMES, get_template
 
 QUANT_MODES = ("none", "int8", "nf4")
 
@@ -160,9 +160,27 @@ def load_chat_model(spec: ModelSpec) -> ChatModel:
     return ChatModel(model, tok, get_template(r.template, r.system), context, r.label)
 
 
+def _adapter_vocab_rows(adapter: str) -> Optional[int]:
+    """Rows of the embedding matrix an adapter saved in full (modules_to_save), e.g. after training with
+    an extended tokenizer; None when it saved none."""
+    from safetensors import safe_open
+
+    path = Path(adapter) / "adapter_model.safetensors"
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():
+            if "embed_tokens" in key and "lora_" not in key:
+                return int(f.get_slice(key).get_shape()[0])
+    return None
+
+
 def _with_adapter(model: Any, adapter: str, base: str) -> Any:
     from peft import PeftModel
 
+    rows = _adapter_vocab_rows(adapter)
+    if rows is not None and rows != model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(rows)  # the adapter was trained with an extended tokenizer
     try:
         return PeftModel.from_pretrained(model, adapter)
     except (RuntimeError, ValueError, KeyError) as exc:

@@ -1,0 +1,150 @@
+"""llama2ft-web: streaming and session isolation through Gradio's client, login, and a real headless
+browser (Debian's chromium + chromedriver) typing a question and seeing the answer."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port
+from llama2ft import PROJECT_ROOT
+from llama2ft.web import is_loopback, parse_auth
+
+ARTIFACTS = PROJECT_ROOT / "outputs" / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+SETTINGS = ("", 0.0, 0.95, 50, 1.3, 16)  # system, temperature, top_p, top_k, repetition_penalty, max_new_tokens
+
+
+def start_web(*args: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llama2ft.web", *args, f"port={port}"], cwd=str(PROJECT_ROOT),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    import httpx
+
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"web app exited: {proc.stderr.read()[-3000:]}")
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+            return proc, f"http://127.0.0.1:{port}/"
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise AssertionError("web app did not come up in 120 s")
+
+
+def stop(proc: subprocess.Popen) -> str:
+    proc.terminate()
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return err
+
+
+@pytest.fixture(scope="module")
+def web(learned_run):
+    proc, url = start_web(f"run={learned_run.path}")
+    yield url
+    stop(proc)
+
+
+def test_auth_and_host_helpers():
+    assert parse_auth("me:se:cret") == ("me", "se:cret")
+    assert parse_auth(None) is None
+    for bad in ("me", ":pw", "me:"):
+        with pytest.raises(ValueError):
+            parse_auth(bad)
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.1")
+
+
+@pytest.mark.slow
+def test_answers_stream_and_sessions_stay_apart(web):
+    from gradio_client import Client
+
+    client = Client(web, verbose=False)
+    updates = list(client.submit("数字 680 的中文读法是什么？", *SETTINGS, api_name="/chat"))
+    assert updates[-1] == "六百八十"
+    assert len(updates) >= 2 and all(updates[-1].startswith(u) for u in updates)  # grew piece by piece
+
+    questions = [f"数字 {n} 的中文读法是什么？" for n in (680, 12, 903, 47)]
+    alone = [Client(web, verbose=False).predict(q, *SETTINGS, api_name="/chat") for q in questions]
+    with cf.ThreadPoolExecutor(len(questions)) as pool:
+        together = list(pool.map(lambda q: Client(web, verbose=False).predict(q, *SETTINGS, api_name="/chat"),
+                                 questions))
+    assert together == alone
+    assert len(set(alone)) == len(alone)
+
+
+@pytest.mark.slow
+def test_login_is_required_with_auth(learned_run):
+    from gradio_client import Client
+
+    proc, url = start_web(f"run={learned_run.path}", "auth=alice:s3cret")
+    try:
+        with pytest.raises(Exception):
+            Client(url, verbose=False)  # no credentials: the app is not reachable
+        with pytest.raises(Exception):
+            Client(url, auth=("alice", "wrong"), verbose=False)
+        answer = Client(url, auth=("alice", "s3cret"), verbose=False).predict("数字 680 的中文读法是什么？", *SETTINGS,
+                                                                            api_name="/chat")
+        assert answer == "六百八十"
+    finally:
+        stop(proc)
+
+
+@pytest.mark.slow
+def test_exposed_without_auth_warns(learned_run):
+    proc, _ = start_web(f"run={learned_run.path}", "host=0.0.0.0")
+    err = stop(proc)
+    assert "warning: host=0.0.0.0 exposes the chat" in err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER) and not os.environ.get("LLAMA2FT_REQUIRE_BROWSER"),
+                    reason="needs Debian's chromium and chromium-driver (.ci/run installs them and requires the test)")
+def test_browser_types_a_question_and_sees_the_answer(web):
+    assert CHROMIUM and CHROMEDRIVER, "LLAMA2FT_REQUIRE_BROWSER is set but chromium/chromedriver are missing"
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,800"):
+        options.add_argument(arg)
+    options.binary_location = CHROMIUM
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+    def bot_messages(d) -> list[str]:
+        return [e.text.strip() for e in d.find_elements(By.CSS_SELECTOR, "[data-testid='bot']") if e.text.strip()]
+
+    try:
+        driver.get(web)
+        box = WebDriverWait(driver, 60).until(lambda d: d.find_element(By.CSS_SELECTOR, "textarea"))
+        box.send_keys("数字 680 的中文读法是什么？")
+        box.send_keys(Keys.ENTER)
+        WebDriverWait(driver, 60).until(lambda d: "六百八十" in bot_messages(d))
+        assert "数字 680 的中文读法是什么？" in driver.find_element(By.TAG_NAME, "body").text
+        # a second question in the same session: history is kept on the page
+        box.send_keys("数字 12 的中文读法是什么？")
+        box.send_keys(Keys.ENTER)
+        WebDriverWait(driver, 60).until(lambda d: len(bot_messages(d)) >= 2)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / "web_chat.png"
+        driver.save_screenshot(str(shot))
+        assert shot.read_bytes()[:4] == b"\x89PNG"
+    finally:
+        driver.quit()
