@@ -44,7 +44,11 @@ def read_texts(path: str, column: str = "text", encoding: Optional[str] = None) 
     if not p.is_file():
         raise DataError(f"{path}: file not found")
     if p.suffix.lower() == ".csv":
-        texts = [_strip_markup(cell) for _, cell in read_column(str(p), column, encoding)]
+        try:
+            cells = read_column(str(p), column, encoding)
+        except DataError as exc:  # the csv reader names the training key; here it is `column=`
+            raise DataError(str(exc).replace("data.text_column=", "column=")) from None
+        texts = [_strip_markup(cell) for _, cell in cells]
     else:
         try:
             raw = p.read_text(encoding=encoding or "utf-8-sig")
@@ -140,8 +144,11 @@ def open_base(base: str) -> tuple[Any, dict]:
     """The base tokenizer and its tokenizer.json spec; UserError unless it is a byte-fallback BPE (Llama)."""
     from transformers import AutoTokenizer
 
+    folder = Path(base).expanduser()
+    if folder.is_dir() and not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+        raise UserError(f"base={base!r}: no tokenizer.json or tokenizer.model in this folder")
     try:
-        tok = AutoTokenizer.from_pretrained(str(Path(base).expanduser()))
+        tok = AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"base={base!r}: could not load the tokenizer: {first}") from exc
