@@ -145,6 +145,8 @@ def open_base(base: str) -> tuple[Any, dict]:
     from transformers import AutoTokenizer
 
     folder = Path(base).expanduser()
+    if base.startswith((".", "/", "~")) and not folder.exists():
+        raise UserError(f"base={base!r}: folder not found")
     if folder.is_dir() and not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
         raise UserError(f"base={base!r}: no tokenizer.json or tokenizer.model in this folder")
     try:
