@@ -14,6 +14,7 @@ nvidia-smi -L
 echo "== serve latency, 7B shape"
 timeout 240 python3 bench/serve_latency.py --device cuda --preset 7b --tokens 128 --repeats 3 --concurrent 8 \
   2>&1 | grep -v Warning | tee "$OUT/serve7b.log"
+[ -n "${SKIP_CHAT:-}" ] && exit 0
 echo "== int8 / nf4 chat on GPU"
 timeout 120 python3 -m llama2ft.train experiment=tiny_smoke trainer.use_cpu=false trainer.max_steps=30 \
   hydra.run.dir=/tmp/gpu_tiny > "$OUT/tiny.log" 2>&1; echo "train rc=$?"

@@ -6,14 +6,16 @@ same model, measured in the same process (ratios, never absolute targets).
 
 The API path is the real one: the FastAPI app of `llama2ft.serve`, run by uvicorn on 127.0.0.1, asked
 over HTTP with server-sent events. Both paths decode greedily the same number of tokens (EOS is
-disabled by pointing it at a token the prompt never produces), so the difference is the server's cost:
-HTTP, SSE framing, the per-request streamer and detokenisation.
+disabled by pointing it at a byte token, and the random model is kept to text pieces), so the difference
+is the server's cost: HTTP, SSE framing, the per-request streamer, detokenisation and the GIL they share
+with the generation thread.
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
 import json
+import multiprocessing as mp
 import socket
 import statistics
 import sys
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PRESETS = {  # hidden, intermediate, layers, heads, kv heads, vocab
     "cpu": (512, 1376, 8, 8, 8, None),
+    "overhead": (64, 128, 8, 2, 2, None),  # so small that decoding is Python-bound, as on a GPU
     "7b": (4096, 11008, 32, 32, 32, 32000),
 }
 QUESTION = "请介绍一下你自己，并用中文写一首关于春天的短诗。"
@@ -51,6 +54,9 @@ def build(preset: str, device: str):
     with torch.device(device):
         model = LlamaForCausalLM(config).to(dtype)
     model.eval()
+    # Random weights pick any id; keep them to text pieces (no specials, bytes or ids past the tokenizer)
+    # so both paths decode the same fixed number of visible tokens. Both read generation_config.
+    model.generation_config.suppress_tokens = [*range(259), *range(len(tok), config.vocab_size)]
     return ChatModel(model, tok, get_template("human_assistant"), 4096, preset)
 
 
@@ -89,6 +95,21 @@ def plain_generate(chat, n_tokens: int) -> tuple[float, float]:
     end = time.perf_counter()
     ttft = clock.times[1] - start  # times[0] is the prompt being handed over
     return ttft, n_tokens / (end - start)
+
+
+def core_stream(chat, n_tokens: int) -> tuple[float, float]:
+    """TTFT and tokens/s of the generation core's stream (per-request streamer thread), no HTTP."""
+    from llama2ft.dialogue import Turn
+    from llama2ft.generation import Sampling
+
+    samp = Sampling(do_sample=False, repetition_penalty=1.0, max_new_tokens=n_tokens)
+    start = time.perf_counter()
+    gen = chat.stream([Turn("human", QUESTION)], samp)
+    first = None
+    for _ in gen:
+        first = first or time.perf_counter()
+    end = time.perf_counter()
+    return (first or end) - start, gen.reply.completion_tokens / (end - start)
 
 
 def sync() -> None:
@@ -135,6 +156,11 @@ def api_request(url: str, n_tokens: int) -> tuple[float, float, int]:
     return (first or end) - start, tokens / (end - start), tokens
 
 
+def concurrent_requests(url: str, n_tokens: int, k: int) -> list[tuple[float, float, int]]:
+    with cf.ThreadPoolExecutor(k) as pool:
+        return list(pool.map(lambda _: api_request(url, n_tokens), range(k)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -146,16 +172,22 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     chat = build(args.preset, args.device)
     n = args.tokens
-    plain_generate(chat, 8)  # warm-up (kernels, allocator)
-    plain = [plain_generate(chat, n) for _ in range(args.repeats)]
     url = start_server(chat, n)
-    api_request(url, 8)
-    api = [api_request(url, n) for _ in range(args.repeats)]
+    # The HTTP client runs in its own process, as a real client would: in the server's process it
+    # would compete with generation for the GIL.
+    client = mp.get_context("spawn").Pool(1)
+    plain_generate(chat, 8)  # warm-up (kernels, allocator)
+    client.apply(api_request, (url, 8))
+    plain, core, api = [], [], []
+    for _ in range(args.repeats):  # alternated, so that a change in machine load hits all alike
+        plain.append(plain_generate(chat, n))
+        core.append(core_stream(chat, n))
+        api.append(client.apply(api_request, (url, n)))
     assert all(t == n for _, _, t in api), [t for _, _, t in api]
     t0 = time.perf_counter()
-    with cf.ThreadPoolExecutor(args.concurrent) as pool:
-        together = list(pool.map(lambda _: api_request(url, n), range(args.concurrent)))
+    together = client.apply(concurrent_requests, (url, n, args.concurrent))
     wall = time.perf_counter() - t0
+    client.close()
 
     med = statistics.median
     p_ttft, p_tps = med(t for t, _ in plain), med(s for _, s in plain)
@@ -164,6 +196,7 @@ def main() -> None:
           f"preset {args.preset}, {n} new tokens, median of {args.repeats}")
     print(f"{'':28}{'TTFT ms':>10}{'tokens/s':>11}")
     print(f"{'model.generate (plain)':28}{p_ttft * 1e3:10.1f}{p_tps:11.1f}")
+    print(f"{'generation core stream':28}{med(t for t, _ in core) * 1e3:10.1f}{med(s for _, s in core):11.1f}")
     print(f"{'API, streaming over HTTP':28}{a_ttft * 1e3:10.1f}{a_tps:11.1f}")
     print(f"ratio API/plain: TTFT {a_ttft / p_ttft:.2f}x, tokens/s {a_tps / p_tps:.2f}x")
     print(f"{args.concurrent} concurrent API requests: {args.concurrent * n / wall:.1f} tokens/s in all, "

@@ -136,6 +136,7 @@ def run_generate(cfg: DictConfig, specs: list[ModelSpec], out: Path) -> dict:
                 append_answer(answers_path, row)
                 rows.append(row)
             print(f"  {min(start + size, len(todo))}/{len(todo)}", flush=True)
+        chat.close()  # frees the model before the next one loads
         del chat
     wanted = {q.qid for q in questions}
     names = [s.name for s in specs]
@@ -166,6 +167,7 @@ def run_loss(cfg: DictConfig, specs: list[ModelSpec], out: Path) -> dict:
         results[spec.name] = res
         print(f"{spec.name}: loss {res['loss']:.4f}, perplexity {res['perplexity']:.2f} on {res['tokens']} answer "
               f"tokens ({res['rows']} rows, template {chat.template.name})", flush=True)
+        chat.close()  # frees the model before the next one loads
         del chat
     out.mkdir(parents=True, exist_ok=True)
     (out / "loss.json").write_text(json.dumps({"data_file": str(cfg.data_file), "models": results}, indent=2,

@@ -9,11 +9,12 @@ Concurrent requests wait their turn for the model (the generation core's lock): 
 it were alone, and one request's tokens never reach another's stream.
 """
 # No `from __future__ import annotations`: FastAPI reads the request models from real annotations.
+import asyncio
 import json
 import sys
 import time
 import uuid
-from typing import Any, Iterator, Optional, Union
+from typing import Any, AsyncIterator, Iterator, Optional, Union
 
 import hydra
 from omegaconf import DictConfig
@@ -40,7 +41,7 @@ def _content(content: Any) -> str:
 
 
 def create_app(chat: ChatModel, defaults: Sampling, served_name: str, api_key: Optional[str] = None) -> Any:
-    from fastapi import FastAPI, Request
+    from fastapi import Depends, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import StreamingResponse
     from pydantic import BaseModel, ConfigDict
@@ -80,12 +81,19 @@ def create_app(chat: ChatModel, defaults: Sampling, served_name: str, api_key: O
     async def _user(_: Request, exc: UserError) -> Any:
         return _error(400, str(exc))
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next: Any) -> Any:
-        if api_key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
-                return _error(401, "invalid or missing API key (Authorization: Bearer ...)", "authentication_error")
-        return await call_next(request)
+    class Unauthorized(Exception):
+        pass
+
+    @app.exception_handler(Unauthorized)
+    async def _unauthorized(_: Request, exc: Unauthorized) -> Any:
+        return _error(401, "invalid or missing API key (Authorization: Bearer ...)", "authentication_error")
+
+    def authorized(request: Request) -> None:
+        # a dependency, not an HTTP middleware: Starlette's middleware re-wraps every streamed chunk
+        if api_key and request.headers.get("authorization", "") != f"Bearer {api_key}":
+            raise Unauthorized()
+
+    v1 = [Depends(authorized)]
 
     def sampling_of(req: Common) -> Sampling:
         if req.n != 1:
@@ -108,11 +116,27 @@ def create_app(chat: ChatModel, defaults: Sampling, served_name: str, api_key: O
         return {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
                 "total_tokens": r.prompt_tokens + r.completion_tokens}
 
-    def sse(chunks: Iterator[dict]) -> StreamingResponse:
-        def body() -> Iterator[str]:
-            for chunk in chunks:
-                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
-            yield "data: [DONE]\n\n"
+    def sse(chunks: Iterator[dict], gen: Generation) -> StreamingResponse:
+        """Server-sent events. The generation thread hands each chunk straight to the event loop: a
+        sync iterator would cost a thread-pool round trip per token, taken from generation's GIL time."""
+        async def body() -> AsyncIterator[str]:
+            loop = asyncio.get_running_loop()
+            pieces: asyncio.Queue = asyncio.Queue()
+
+            def pump() -> None:
+                try:
+                    for chunk in chunks:
+                        loop.call_soon_threadsafe(pieces.put_nowait, chunk)
+                finally:
+                    loop.call_soon_threadsafe(pieces.put_nowait, None)
+
+            loop.run_in_executor(None, pump)
+            try:
+                while (chunk := await pieces.get()) is not None:
+                    yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+                yield "data: [DONE]\n\n"
+            finally:
+                gen.cancel()  # the client went away (or all is sent): stop generating for it
 
         return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
@@ -120,12 +144,12 @@ def create_app(chat: ChatModel, defaults: Sampling, served_name: str, api_key: O
     def health() -> dict:
         return {"status": "ok", "model": served_name}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", dependencies=v1)
     def models() -> dict:
         return {"object": "list", "data": [{"id": served_name, "object": "model", "created": int(time.time()),
                                             "owned_by": "llama2ft"}]}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", dependencies=v1)
     def chat_completions(req: ChatRequest) -> Any:
         samp = sampling_of(req)
         system = None
@@ -147,13 +171,13 @@ def create_app(chat: ChatModel, defaults: Sampling, served_name: str, api_key: O
                     yield {**head, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
                 yield {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": gen.reply.finish_reason}],
                        "usage": usage(gen)}
-            return sse(chunks())
+            return sse(chunks(), gen)
         reply = gen.run()
         return {**head, "object": "chat.completion",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
                              "finish_reason": reply.finish_reason}], "usage": usage(gen)}
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", dependencies=v1)
     def completions(req: CompletionRequest) -> Any:
         samp = sampling_of(req)
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
@@ -170,7 +194,7 @@ def create_app(chat: ChatModel, defaults: Sampling, served_name: str, api_key: O
                     yield {**head, "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}]}
                 yield {**head, "choices": [{"index": 0, "text": "", "logprobs": None,
                                             "finish_reason": gen.reply.finish_reason}], "usage": usage(gen)}
-            return sse(chunks())
+            return sse(chunks(), gen)
         reply = gen.run()
         return {**head, "choices": [{"index": 0, "text": reply.text, "logprobs": None,
                                      "finish_reason": reply.finish_reason}], "usage": usage(gen)}

@@ -171,8 +171,8 @@ def test_a_consumer_that_stops_early_cancels_generation(tokenizer):
     gen = chat.stream([Turn("human", "数")], Sampling(do_sample=False))
     for _ in gen:
         break  # CPython closes the abandoned iterator here, as a web server does when a client goes away
-    assert chat.lock.acquire(timeout=5)  # the worker let go of the model
-    chat.lock.release()
+    assert gen.reply.finish_reason == "cancelled"
+    assert chat.chat([Turn("human", "再数")], Sampling(do_sample=False, max_new_tokens=4)).completion_tokens == 4
 
 
 def test_seed_makes_sampling_reproducible(tokenizer):
