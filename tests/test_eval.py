@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli
 from llama2ft import PROJECT_ROOT
 
-pytestmark = pytest.mark.slow
+
 DEV = PROJECT_ROOT / "data" / "sample" / "dev.csv"
 
 
@@ -31,6 +31,7 @@ def assert_one_error(res: subprocess.CompletedProcess, *needles: str) -> None:
         assert needle in text, text
 
 
+@pytest.mark.slow
 def test_fine_tuned_beats_base_on_held_out_questions(learned_run, tmp_path):
     out = tmp_path / "eval"
     args = [both_models(learned_run.path), f"questions={DEV}", "prompt_template=model", "max_new_tokens=24",
@@ -57,6 +58,7 @@ def test_fine_tuned_beats_base_on_held_out_questions(learned_run, tmp_path):
     assert len((out / "answers.jsonl").read_text(encoding="utf-8").splitlines()) == 120
 
 
+@pytest.mark.slow
 def test_built_in_questions_with_the_community_prompt(learned_run, tmp_path):
     out = tmp_path / "builtin"
     res = evaluate(f"models=[{learned_run.path}]", "max_new_tokens=8", f"output={out}")
@@ -67,6 +69,7 @@ def test_built_in_questions_with_the_community_prompt(learned_run, tmp_path):
     assert "[INST] <<SYS>>" not in rows[0]["prompt"]  # the question as asked; the template is applied inside
 
 
+@pytest.mark.slow
 def test_loss_task_prefers_the_fine_tuned_run(learned_run, tmp_path):
     out = tmp_path / "loss"
     res = evaluate("task=loss", both_models(learned_run.path), f"data_file={DEV}", f"output={out}")
@@ -76,6 +79,7 @@ def test_loss_task_prefers_the_fine_tuned_run(learned_run, tmp_path):
     assert result["tuned"]["perplexity"] < result["base"]["perplexity"]
 
 
+@pytest.mark.slow
 def test_bad_input_gets_one_clear_message(learned_run, tmp_path):
     run = learned_run.path
     assert_one_error(evaluate("models=[]"), "models=[...]")
@@ -96,3 +100,28 @@ def test_bad_input_gets_one_clear_message(learned_run, tmp_path):
     assert_one_error(evaluate(f"models=[{bad_model}]", f"output={tmp_path / 'o5'}"), "bad-model")
     assert_one_error(evaluate(f"models=[{run}]", "task=loss", f"output={tmp_path / 'o6'}"), "data_file")
     assert_one_error(evaluate(f"models=[{run},{run}]", f"output={tmp_path / 'o7'}"), "used twice")
+
+
+def _markdown_answers(path) -> list[str]:
+    """The answer column of the community's markdown tables of Llama-2-Chat's answers."""
+    answers = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("| ") and not line.startswith(("| ---", "| 一级分类")):
+            answers.append(line.strip().strip("|").split(" | ")[-1].replace("\\n", "\n").replace("</s>", ""))
+    return answers
+
+
+@pytest.mark.parametrize("size", ["7B", "13B"])
+def test_chinese_answer_rate_on_real_answers(size):
+    """The metric tells what the community saw: Llama-2-Chat answers the 95 questions in English (4-6%
+    Chinese answers measured), Chinese models answer the AtomBulb bank in Chinese (93-97%)."""
+    import json
+
+    from conftest import shared_file
+    from llama2ft.eval_metrics import is_chinese_answer
+
+    llama = _markdown_answers(shared_file(f"atombulb/llama2chinese_meta_eval_{size}.md"))
+    assert len(llama) == 95
+    assert sum(map(is_chinese_answer, llama)) / len(llama) < 0.1
+    chinese = json.loads(shared_file("atombulb/answers/Carrot-2022.06.12.json").read_text(encoding="utf-8"))
+    assert sum(is_chinese_answer(a["answer"]) for a in chinese) / len(chinese) > 0.9

@@ -207,6 +207,8 @@ def test_pretrain_raw_then_sft_then_merge_with_an_extended_vocabulary(extended, 
                 "lora.modules_to_save=[]")
     assert "embeddings and head resized to 2304 rows" in out
     assert "lora.modules_to_save += ['embed_tokens', 'lm_head']" in out
+    chat = run_cli("chat", f"run={tmp_path / 'pt'}", "prompt='数字'", "max_new_tokens=4", "temperature=0", env=env)
+    assert chat.returncode == 0, chat.stderr[-2000:]  # the adapter's 2304-row embeddings load on the 2048-row base
     merge(tmp_path / "pt", tmp_path / "pt-merged")
     emb = AutoModelForCausalLM.from_pretrained(str(tmp_path / "pt-merged")).get_input_embeddings().weight
     new_ids = load_tok(extended).convert_tokens_to_ids(["数字", "中文", "写出"])  # new pieces
