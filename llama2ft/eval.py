@@ -113,6 +113,7 @@ def run_generate(cfg: DictConfig, specs: list[ModelSpec], out: Path) -> dict:
     answers_path = out / ANSWERS_FILE
     rows = read_answers(answers_path)
     samp = sampling(cfg)
+    skipped: dict[str, list[str]] = {}
     for spec in specs:
         done = {r["qid"] for r in rows if r["model"] == spec.name}
         todo = [q for q in questions if q.qid not in done]
@@ -124,6 +125,12 @@ def run_generate(cfg: DictConfig, specs: list[ModelSpec], out: Path) -> dict:
             chat = load(spec)
         except UserError as exc:
             raise UserError(f"model {spec.name!r}: {exc}") from exc
+        todo, too_long = _fitting(chat, todo, samp.max_new_tokens)
+        skipped[spec.name] = [q.qid for q in too_long]
+        if too_long:
+            print(f"  skipped {len(too_long)} question(s) that do not fit the context of {chat.context_length} "
+                  f"tokens: qid {', '.join(q.qid for q in too_long[:10])}{' ...' if len(too_long) > 10 else ''}",
+                  flush=True)
         size = int(cfg.batch_size)
         for start in range(0, len(todo), size):
             batch = todo[start:start + size]
@@ -143,6 +150,7 @@ def run_generate(cfg: DictConfig, specs: list[ModelSpec], out: Path) -> dict:
     rows = [r for r in rows if r["model"] in names and r["qid"] in wanted]
     metrics = aggregate(rows)
     metrics["threshold"] = float(cfg.chinese_threshold)
+    metrics["skipped_too_long"] = {name: qids for name, qids in skipped.items() if qids}
     write_report(out, metrics, names)
     for name in names:
         o = metrics["models"][name]["overall"]
@@ -150,6 +158,19 @@ def run_generate(cfg: DictConfig, specs: list[ModelSpec], out: Path) -> dict:
               f" stopped at EOS {o['eos_rate']:.0%}, degenerate {o['degenerate_rate']:.0%} (n={o['n']})", flush=True)
     print(f"report: {out / 'report.md'}", flush=True)
     return metrics
+
+
+def _fitting(chat: Any, questions: list[Question], max_new_tokens: int) -> tuple[list[Question], list[Question]]:
+    """The questions whose prompt fits the model's context, and those that do not (left out, not failed:
+    one long question should not stop an evaluation of hundreds)."""
+    fit, too_long = [], []
+    for q in questions:
+        try:
+            chat.prompt_ids(_turns(q), max_new_tokens)
+            fit.append(q)
+        except UserError:
+            too_long.append(q)
+    return fit, too_long
 
 
 # ---------------------------------------------------------------- loss

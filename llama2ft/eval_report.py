@@ -119,9 +119,11 @@ def render_markdown(metrics: dict[str, Any], model_names: list[str], chart_notes
         f"A *Chinese answer* has {rule} of its letters (not digits, punctuation or spaces) in Chinese characters; "
         "*degenerate* answers loop or repeat themselves; *stopped at EOS* answers ended before the token limit.",
         "",
-        "## Overall",
-        "",
     ]
+    for name, qids in (metrics.get("skipped_too_long") or {}).items():
+        lines.append(f"Left out for `{name}`: {len(qids)} question(s) longer than its context (qid "
+                     f"{', '.join(qids[:20])}{', ...' if len(qids) > 20 else ''}).")
+    lines += ["", "## Overall", ""]
     keys = [(k, label, kind) for k, label, kind in _OVERALL if any(k in models[m]["overall"] for m in model_names)]
     rows = [["answers", *[str(models[m]["overall"]["n"]) for m in model_names]]]
     for key, label, kind in keys:

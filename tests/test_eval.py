@@ -70,6 +70,22 @@ def test_built_in_questions_with_the_community_prompt(learned_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_question_longer_than_the_context_is_left_out_not_fatal(learned_run, tmp_path):
+    questions = tmp_path / "q.csv"
+    questions.write_text("question,category,reference\n数字 680 的中文读法是什么？,数字,六百八十\n"
+                         f"{'很长的问题' * 100},长,\n", encoding="utf-8")
+    out = tmp_path / "long"
+    res = evaluate(f"models=[{learned_run.path}]", f"questions={questions}", "prompt_template=model",
+                   "max_new_tokens=16", f"output={out}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "skipped 1 question(s) that do not fit the context of 256 tokens: qid 2" in res.stdout
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["skipped_too_long"] == {"run": ["2"]}
+    assert metrics["models"]["run"]["overall"]["exact_match"] == 1.0
+    assert "Left out for `run`: 1 question(s)" in (out / "report.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
 def test_loss_task_prefers_the_fine_tuned_run(learned_run, tmp_path):
     out = tmp_path / "loss"
     res = evaluate("task=loss", both_models(learned_run.path), f"data_file={DEV}", f"output={out}")
