@@ -231,6 +231,7 @@ def _save(trainer: Any, tokenizer: Any, cfg: DictConfig, out_dir: Path, metrics:
     plot_loss(trainer.state.log_history, out_dir / "loss.png")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     print(f"\nsaved {final}, metrics.json, loss.png in {out_dir}", flush=True)
+    print(f"talk to it: llama2ft-chat run={out_dir}   (publish: llama2ft-merge run={out_dir} output=DIR)", flush=True)
     if "wandb" in cfg.logger.report_to and os.environ.get("WANDB_MODE") == "offline":
         print(f"wandb ran offline; upload with: wandb sync {out_dir}/wandb/offline-run-*", flush=True)
 
