@@ -31,6 +31,7 @@ class Sampling:
     max_new_tokens: int = 512
     do_sample: bool = True  # false: greedy, whatever the temperature
     seed: Optional[int] = None  # set: the same seed gives the same sampled answer
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these texts (OpenAI's `stop`)
 
     def problems(self, prefix: str = "") -> list[str]:
         p = []
@@ -44,6 +45,8 @@ class Sampling:
             p.append(f"{prefix}repetition_penalty={self.repetition_penalty}: must be in (0, 10]")
         if self.max_new_tokens < 1:
             p.append(f"{prefix}max_new_tokens={self.max_new_tokens}: must be >= 1")
+        if len(self.stop) > 4 or any(not s for s in self.stop):
+            p.append(f"{prefix}stop: at most 4 non-empty texts")
         return p
 
     @property
@@ -72,6 +75,16 @@ class _Cancelled(Exception):
     pass
 
 
+class _StopText(Exception):
+    """Raised inside generate() to end it once a stop text has appeared."""
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> Optional[str]:
+    """`text` up to the first stop text (stripped), or None when none occurs."""
+    cuts = [text.find(s) for s in stop if s in text]
+    return text[: min(cuts)].strip() if cuts else None
+
+
 class Generation:
     """Iterate to receive the answer as text pieces while it is generated; `reply` holds the result after.
 
@@ -87,6 +100,8 @@ class Generation:
         self._error: Optional[BaseException] = None
         self._shown = ""
         self._started = False
+        self._final: Optional[str] = None  # the answer cut at a stop text
+        self._hold = max((len(s) for s in sampling.stop), default=1) - 1  # may be the start of a stop text
 
     # -- called by transformers' generate (BaseStreamer protocol) in the worker thread
     def put(self, value: torch.Tensor) -> None:
@@ -105,6 +120,11 @@ class Generation:
         if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
             return
         visible = text.lstrip().rstrip()
+        if self.sampling.stop:
+            self._final = cut_at_stop(visible, self.sampling.stop)
+            if self._final is not None:
+                raise _StopText()
+            visible = visible[: len(visible) - self._hold]
         if visible.startswith(self._shown) and len(visible) > len(self._shown):
             self._queue.put(visible[len(self._shown):])
             self._shown = visible
@@ -122,6 +142,8 @@ class Generation:
             self.chat.generate_ids([self.prompt], self.sampling, self.max_new_tokens, streamer=self)
         except _Cancelled:
             self.reply.finish_reason = "cancelled"
+        except _StopText:
+            pass
         except BaseException as exc:  # re-raised in the consumer thread
             self._error = exc
         finally:
@@ -138,12 +160,11 @@ class Generation:
                 job.result()
         if self._error is not None:
             raise self._error
-        eos = self.chat.tokenizer.eos_token_id
         self.reply.completion_tokens = len(self._ids)
         if self.reply.finish_reason != "cancelled":
-            full = len(self._ids) >= self.max_new_tokens and eos not in self._ids
+            full = len(self._ids) >= self.max_new_tokens and self._final is None
             self.reply.finish_reason = "length" if full else "stop"
-        self.reply.text = self._text().strip()
+        self.reply.text = self._final if self._final is not None else self._text().strip()
         if self.reply.text != self._shown and self.reply.text.startswith(self._shown):
             yield self.reply.text[len(self._shown):]
 
@@ -251,10 +272,11 @@ class ChatModel:
             room = min(r for _, _, r in chunk)
             rows = self.submit(lambda: self.generate_ids([ids for ids, _, _ in chunk], sampling, room)).result()
             for (ids, dropped, _), out in zip(chunk, rows):
-                replies.append(self._reply(ids, out, room, dropped))
+                replies.append(self._reply(ids, out, room, dropped, sampling.stop))
         return replies
 
-    def _reply(self, prompt: list[int], out: list[int], room: int, dropped: int) -> Reply:
+    def _reply(self, prompt: list[int], out: list[int], room: int, dropped: int, stop: tuple[str, ...] = ()
+               ) -> Reply:
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         stopped = eos in out
         if stopped:
@@ -263,6 +285,9 @@ class ChatModel:
             while out and out[-1] == pad:
                 out = out[:-1]
         text = self.tokenizer.decode(out, skip_special_tokens=True).strip()
+        cut = cut_at_stop(text, stop)
+        if cut is not None:
+            text, stopped = cut, True
         return Reply(text, "stop" if stopped or len(out) < room else "length", len(prompt), len(out), dropped)
 
     @torch.no_grad()

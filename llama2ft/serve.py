@@ -61,6 +61,7 @@ def create_app(chat: ChatModel, defaults: Sampling, served_name: str, api_key: O
         max_tokens: Optional[int] = None
         max_completion_tokens: Optional[int] = None
         seed: Optional[int] = None
+        stop: Union[str, list[str], None] = None
         n: int = 1
         stream: bool = False
 
@@ -105,7 +106,8 @@ def create_app(chat: ChatModel, defaults: Sampling, served_name: str, api_key: O
             top_k=defaults.top_k if req.top_k is None else req.top_k,
             repetition_penalty=defaults.repetition_penalty if req.repetition_penalty is None else req.repetition_penalty,
             max_new_tokens=defaults.max_new_tokens if given is None else given,
-            do_sample=defaults.do_sample, seed=req.seed if req.seed is not None else defaults.seed)
+            do_sample=defaults.do_sample, seed=req.seed if req.seed is not None else defaults.seed,
+            stop=(req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ()))
         problems = samp.problems()
         if problems:
             raise UserError("; ".join(p.replace("max_new_tokens", "max_tokens") for p in problems))

@@ -4,6 +4,7 @@ seeds and the sampling checks. A scripted model records what it is fed; no train
 from __future__ import annotations
 
 import csv
+import json
 import threading
 from pathlib import Path
 
@@ -207,3 +208,30 @@ def test_messages_become_turns():
     assert to_turns([("assistant", "hello"), ("user", "q")]) == [Turn("human", "q")]
     with pytest.raises(UserError, match="role"):
         to_turns([("tool", "x")])
+
+
+def test_stop_texts_end_the_answer_and_are_never_streamed(tokenizer):
+    chat = scripted_chat(tokenizer, answer="一二三四五六七八九十")
+    gen = chat.stream([Turn("human", "数一数")], Sampling(do_sample=False, stop=("五六", "九")))
+    pieces = list(gen)
+    assert "".join(pieces) == "一二三四" == gen.reply.text
+    assert gen.reply.finish_reason == "stop"
+    assert gen.reply.completion_tokens < len(tokenizer("一二三四五六七八九十\n", add_special_tokens=False)["input_ids"])
+    batch = chat.chat_batch([[Turn("human", "数一数")]], Sampling(do_sample=False, stop=("七",)))
+    assert batch[0].text == "一二三四五六" and batch[0].finish_reason == "stop"
+    assert Sampling(stop=("a", "b", "c", "d", "e")).problems() == ["stop: at most 4 non-empty texts"]
+
+
+def test_api_stop_parameter(tokenizer):
+    from fastapi.testclient import TestClient
+
+    from llama2ft.serve import create_app
+
+    client = TestClient(create_app(scripted_chat(tokenizer, answer="一二三四五六"), Sampling(do_sample=False), "m"))
+    body = {"model": "m", "messages": [{"role": "user", "content": "数"}], "stop": "四"}
+    assert client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"] == "一二三"
+    streamed = client.post("/v1/chat/completions", json={**body, "stop": ["三四", "五"], "stream": True}).text
+    deltas = [json.loads(line[6:])["choices"][0]["delta"].get("content") for line in streamed.splitlines()
+              if line.startswith("data: {")]
+    assert "".join(d for d in deltas if d) == "一二"
+    assert client.post("/v1/chat/completions", json={**body, "stop": [""]}).status_code == 400
