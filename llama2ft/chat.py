@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from llama2ft import CONFIG_DIR
-from llama2ft.csvfile import read_column
+from llama2ft.csvfile import read_texts
 from llama2ft.dialogue import Turn
 from llama2ft.errors import DataError, UserError, exit_on_user_error
 from llama2ft.generation import ChatModel, Sampling
@@ -27,14 +27,7 @@ HELP = "commands: /reset (forget the conversation), /system TEXT (set the system
 
 def read_prompts(path: Path, column: str) -> list[str]:
     """Prompts from a .csv column or a text file (one per line; blank lines skipped)."""
-    if path.suffix.lower() == ".csv":
-        prompts = [text for _, text in read_column(str(path), column)]
-    else:
-        try:
-            prompts = path.read_text(encoding="utf-8-sig").splitlines()
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
-    prompts = [p.strip() for p in prompts if p.strip()]
+    prompts = [p.strip() for p in read_texts(path, column, column_key="prompts_column")]
     if not prompts:
         raise DataError(f"{path}: no prompts in it")
     return prompts

@@ -11,6 +11,7 @@ import os
 import re
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 from llama2ft.errors import DataError
 
@@ -41,18 +42,9 @@ def read_column(
     Raises DataError naming the path (and row/line) for anything unusable.
     """
     shown = os.fspath(path)
-    text = _decode(shown, _read_bytes(shown), encoding)
-    if not text.strip():
-        raise DataError(f"{shown} is empty; expected a csv with a header row containing a {column!r} column")
-
-    rows = _rows(shown, text)
-    _, header = next(rows)  # exists: the text is not blank
+    header, rows = _header_and_rows(shown, encoding, f"containing a {column!r} column")
     index = _column_index(shown, header, column)
-
-    out = [(n, fields[index] if index < len(fields) else "") for n, fields in rows]
-    if not out:
-        raise DataError(f"{shown} has a header but no data rows")
-    return out
+    return _some(shown, [(n, fields[index] if index < len(fields) else "") for n, fields in rows])
 
 
 def read_columns(
@@ -67,12 +59,7 @@ def read_columns(
     left out of the dicts (present but short rows give ""). Same decoding and errors as `read_column`.
     """
     shown = os.fspath(path)
-    text = _decode(shown, _read_bytes(shown), encoding)
-    if not text.strip():
-        raise DataError(f"{shown} is empty; expected a csv with a header row naming the columns {_names(required)}")
-
-    rows = _rows(shown, text)
-    _, header = next(rows)  # exists: the text is not blank
+    header, rows = _header_and_rows(shown, encoding, f"naming the columns {_names(required)}")
     names = [name.strip() for name in header]
     missing = [c for c in required if c not in names]
     if missing:
@@ -80,7 +67,48 @@ def read_columns(
         raise DataError(f"{shown} has no column {_names(missing)}; columns found: {found}")
     indices = {c: _column_index(shown, header, c) for c in (*required, *optional) if c in names}
 
-    out = [(n, {c: fields[i] if i < len(fields) else "" for c, i in indices.items()}) for n, fields in rows]
+    return _some(shown, [(n, {c: fields[i] if i < len(fields) else "" for c, i in indices.items()})
+                         for n, fields in rows])
+
+
+def read_texts(path: str | os.PathLike[str], column: str = "text", encoding: str | None = None,
+               column_key: str = "column") -> list[str]:
+    """The non-blank cells of `column` of a .csv, or the non-blank lines of any other text file.
+    `column_key` is the setting that names the column, for error messages."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"{path}: file not found")
+    if p.suffix.lower() == ".csv":
+        try:
+            texts = [cell for _, cell in read_column(str(p), column, encoding)]
+        except DataError as exc:  # the column error names the training key; here it is `column_key`
+            raise DataError(str(exc).replace("data.text_column=", f"{column_key}=")) from None
+    else:
+        try:
+            texts = p.read_text(encoding=encoding or "utf-8-sig").splitlines()
+        except (UnicodeDecodeError, LookupError) as exc:
+            raise DataError(f"{path}: cannot be read as {encoding or 'UTF-8'} text ({exc}); set encoding=...") from None
+    return [t for t in texts if t.strip()]
+
+
+def read_header(path: str | os.PathLike[str], encoding: str | None = None) -> list[str]:
+    """The column names of the csv at ``path`` (decoded as `read_column` does)."""
+    shown = os.fspath(path)
+    header, _ = _header_and_rows(shown, encoding, "")
+    return [name.strip() for name in header]
+
+
+def _header_and_rows(shown: str, encoding: str | None, expected: str) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """The header and an iterator over the data rows; an empty file is a DataError (`expected` says why)."""
+    text = _decode(shown, _read_bytes(shown), encoding)
+    if not text.strip():
+        raise DataError(f"{shown} is empty; expected a csv with a header row {expected}".rstrip())
+    rows = _rows(shown, text)
+    _, header = next(rows)  # exists: the text is not blank
+    return header, rows
+
+
+def _some(shown: str, out: list) -> list:
     if not out:
         raise DataError(f"{shown} has a header but no data rows")
     return out

@@ -10,7 +10,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig
 
 from llama2ft.csvfile import read_column
-from llama2ft.dialogue import Turn, parse_rows
+from llama2ft.dialogue import parse_rows
 from llama2ft.errors import DataError
 from llama2ft.templates import IGNORE_INDEX, Encoded, Template, encode_dialogue, encode_raw
 

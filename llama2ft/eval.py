@@ -19,12 +19,14 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from llama2ft import CONFIG_DIR
+from llama2ft.csvfile import read_header
 from llama2ft.dialogue import Turn
 from llama2ft.errors import ConfigError, DataError, UserError, exit_on_user_error
 from llama2ft.eval_metrics import aggregate, answer_metrics
 from llama2ft.eval_questions import COMMUNITY_SYSTEM_PROMPT, Question, load_questions
 from llama2ft.eval_report import ANSWERS_FILE, append_answer, read_answers, write_report
 from llama2ft.inference import ModelSpec
+from llama2ft.runs import is_run_folder
 from llama2ft.talk import load, sampling
 
 HELD_OUT = "held-out"  # the class of questions taken from a community-format csv
@@ -37,9 +39,7 @@ def model_specs(cfg: DictConfig, base: ModelSpec) -> tuple[list[ModelSpec], list
     for i, entry in enumerate(cfg.models):
         where = f"models[{i}]"
         if isinstance(entry, str):
-            folder = Path(entry).expanduser()
-            is_run = (folder / "config.yaml").is_file()
-            entry = {"run": entry} if is_run else {"path": entry}
+            entry = {"run": entry} if is_run_folder(entry) else {"path": entry}
         elif isinstance(entry, DictConfig):
             entry = OmegaConf.to_container(entry)
             unknown = set(entry) - {"name", "run", "path", "adapter", "template", "system"}
@@ -68,42 +68,32 @@ def questions_of(cfg: DictConfig) -> list[Question]:
     """The question set; a csv with a `text` column in the community format gives its dialogues' last
     questions with their answers as references (e.g. a training run's held-out file)."""
     path = cfg.questions
-    if path is not None and str(path).lower().endswith(".csv") and _has_text_column(str(path)):
-        from llama2ft.dataset import read_rows
+    if path is not None and str(path).lower().endswith(".csv") and _is_dialogue_csv(str(path), cfg.encoding):
+        from llama2ft.eval_loss import load_dialogues
         from llama2ft.sample_eval import questions_from_dialogues
 
-        data = OmegaConf.create({"text_column": "text", "encoding": cfg.encoding, "format": "dialogue",
-                                 "skip_bad_rows": False})
-        rows = read_rows(str(path), data)
+        rows = load_dialogues(str(path), encoding=cfg.encoding)
         qas = questions_from_dialogues([turns for _, turns in rows.items], len(rows.items))
         if not qas:
             raise DataError(f"{path}: no dialogue with a question and an answer")
-        return [Question(str(i + 1), _history_text(qa.history), HELD_OUT, None, qa.reference)
+        return [Question(str(i + 1), _history_text(qa.history), HELD_OUT, None, qa.reference, tuple(qa.history))
                 for i, qa in enumerate(qas)]
     return load_questions(path, cfg.encoding)
 
 
-def _has_text_column(path: str) -> bool:
+def _is_dialogue_csv(path: str, encoding: Optional[str]) -> bool:
     try:
-        with open(path, encoding="utf-8-sig", errors="replace") as f:
-            header = f.readline()
-    except OSError:
-        return False  # load_questions reports the missing file
-    return "text" in [h.strip().strip('"') for h in header.split(",")] and "question" not in header
+        header = read_header(path, encoding)
+    except DataError:
+        return False  # load_questions reports what is wrong with the file
+    return "text" in header and "question" not in header
 
 
 def _history_text(history: list[Turn]) -> str:
+    """How a held-out conversation is shown in answers.jsonl: the question, or the whole dialogue."""
     from llama2ft.dialogue import format_dialogue
 
     return history[0].text if len(history) == 1 else format_dialogue(history)
-
-
-def _turns(question: Question) -> list[Turn]:
-    if question.category == HELD_OUT and question.question.startswith("<s>"):
-        from llama2ft.dialogue import parse_dialogue
-
-        return parse_dialogue(question.question)
-    return [Turn("human", question.question)]
 
 
 # ---------------------------------------------------------------- generate
@@ -134,7 +124,7 @@ def run_generate(cfg: DictConfig, specs: list[ModelSpec], out: Path) -> dict:
         size = int(cfg.batch_size)
         for start in range(0, len(todo), size):
             batch = todo[start:start + size]
-            replies = chat.chat_batch([_turns(q) for q in batch], samp, batch_size=size)
+            replies = chat.chat_batch([q.conversation() for q in batch], samp, batch_size=size)
             for q, r in zip(batch, replies):
                 row = {"qid": q.qid, "class": q.category, "model": spec.name, "prompt": q.question,
                        "answer": r.text, "reference": q.reference, "finish_reason": r.finish_reason,
@@ -166,7 +156,7 @@ def _fitting(chat: Any, questions: list[Question], max_new_tokens: int) -> tuple
     fit, too_long = [], []
     for q in questions:
         try:
-            chat.prompt_ids(_turns(q), max_new_tokens)
+            chat.prompt_ids(q.conversation(), max_new_tokens)
             fit.append(q)
         except UserError:
             too_long.append(q)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -24,14 +24,14 @@ from llama2ft.templates import IGNORE_INDEX, Template
 Dialogues = Union[str, os.PathLike, Rows, Sequence[Union[str, Sequence[Turn]]]]
 
 
-def load_dialogues(rows_or_path: Dialogues, text_column: str = "text") -> Rows:
+def load_dialogues(rows_or_path: Dialogues, text_column: str = "text", encoding: Optional[str] = None) -> Rows:
     """A csv path (community format in `text_column`), a dataset.Rows, or dialogues given as
     lists of Turns or as community-format strings; every bad row raises DataError."""
     if isinstance(rows_or_path, Rows):
         return rows_or_path
     if isinstance(rows_or_path, (str, os.PathLike)):
         path = os.fspath(rows_or_path)
-        parsed, _ = parse_rows(read_column(path, text_column), path, skip_bad_rows=False)
+        parsed, _ = parse_rows(read_column(path, text_column, encoding), path, skip_bad_rows=False)
         return Rows(path, parsed)
     items = []
     for n, d in enumerate(rows_or_path, 1):

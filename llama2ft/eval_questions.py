@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from llama2ft import PROJECT_ROOT
 from llama2ft.csvfile import read_columns
+from llama2ft.dialogue import Turn
 from llama2ft.errors import DataError
 
 BUILTIN_QUESTIONS = PROJECT_ROOT / "data" / "eval" / "questions.json"
@@ -50,6 +51,10 @@ class Question:
     category: str  # first-level class
     subcategory: Optional[str] = None
     reference: Optional[str] = None
+    turns: Optional[tuple[Turn, ...]] = None  # the conversation to answer, when more than the question
+
+    def conversation(self) -> list[Turn]:
+        return list(self.turns) if self.turns else [Turn("human", self.question)]
 
 
 def load_questions(path: Optional[str | os.PathLike[str]], encoding: Optional[str] = None) -> list[Question]:

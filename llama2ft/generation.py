@@ -313,6 +313,18 @@ class ChatModel:
         return out[:, width:].tolist()
 
 
+def message_text(content: Any) -> str:
+    """A chat message's content as text: a string, or (OpenAI, Gradio) a list of typed parts of which
+    the text parts count; images and files are not read."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text", "")) if content.get("type", "text") == "text" else ""
+    if isinstance(content, (list, tuple)):
+        return "".join(message_text(part) for part in content)
+    return ""
+
+
 def to_turns(messages: list[tuple[str, str]]) -> list[Turn]:
     """(role, text) pairs with roles user/human and assistant into turns; consecutive user messages
     are joined, because the template has no place for two human turns in a row."""

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from omegaconf import OmegaConf
 
 from llama2ft.errors import UserError, first_line
 from llama2ft.generation import ChatModel
-from llama2ft.modeling import open_tokenizer
+from llama2ft.modeling import compute_dtype, open_tokenizer, quantization_config
+from llama2ft.runs import check_adapter, is_run_folder, read_run, tokenizer_source
 from llama2ft.templates import CHAT_META_FILE, TEMPLATE_NAMES, get_template
 
 QUANT_MODES = ("none", "int8", "nf4")
@@ -44,7 +44,7 @@ class ModelSpec:
             p.append(f"{prefix}run=RUN_DIR or {prefix}model.name_or_path=PATH (or model=<preset>) is required")
         if self.run is not None and self.name_or_path is not None:
             p.append(f"{prefix}run= already names the model; do not combine it with model.name_or_path")
-        if self.run is not None and not (Path(self.run).expanduser() / "config.yaml").is_file():
+        if self.run is not None and not is_run_folder(self.run):
             p.append(f"{prefix}run={self.run}: not a training run folder (no config.yaml)")
         if self.run is not None and self.adapter is not None:
             p.append(f"{prefix}run= already names the adapter; do not combine it with adapter=")
@@ -73,39 +73,23 @@ class Resolved:
 def resolve(spec: ModelSpec) -> Resolved:
     """Where each part comes from; checks that folders exist before anything is loaded."""
     if spec.run is not None:
-        run = Path(spec.run).expanduser()
-        if not (run / "config.yaml").is_file():
-            raise UserError(f"{run} is not a training run folder (no config.yaml); pass run=<hydra.run.dir of "
-                            "llama2ft-train>")
-        cfg = OmegaConf.load(run / "config.yaml")
-        if (run / "adapter").is_dir():
-            adapter: Optional[str] = str(run / "adapter")
-            name = cfg.model.name_or_path
-            base = str(name) if name else str(run / "base_model")
-        elif (run / "model").is_dir():
-            adapter, base = None, str(run / "model")
-        else:
-            raise UserError(f"{run} has neither adapter/ nor model/: the run is unfinished or failed")
-        tok = spec.tokenizer or str(run / "tokenizer" if (run / "tokenizer").is_dir() else adapter or base)
-        return Resolved(base, adapter, tok, spec.template or cfg.template.name,
-                        spec.system if spec.system is not None else cfg.template.system,
-                        spec.quant or cfg.quant.mode, spec.name or run.name)
+        run = read_run(spec.run)
+        adapter = str(run.adapter) if run.adapter is not None else None
+        base = run.base if adapter is not None else str(run.model)
+        return Resolved(base, adapter, spec.tokenizer or str(run.tokenizer), spec.template or run.template,
+                        spec.system if spec.system is not None else run.system, spec.quant or run.quant,
+                        spec.name or run.path.name)
     base = str(spec.name_or_path)
     local = Path(base).expanduser()
     if base.startswith((".", "/", "~")) and not local.exists():
         raise UserError(f"model folder {base} not found")
     meta = json.loads((local / CHAT_META_FILE).read_text(encoding="utf-8")) if (local / CHAT_META_FILE).is_file() else {}
     if spec.adapter is not None:
-        if not (Path(spec.adapter) / "adapter_config.json").is_file():
-            raise UserError(f"adapter={spec.adapter}: not a peft adapter folder (no adapter_config.json)")
-    tok = spec.tokenizer or (spec.adapter if spec.adapter and _has_tokenizer(spec.adapter) else base)
-    return Resolved(base, spec.adapter, tok, spec.template or meta.get("template", "human_assistant"),
+        check_adapter(spec.adapter)
+    return Resolved(base, spec.adapter, spec.tokenizer or tokenizer_source(spec.adapter, base),
+                    spec.template or meta.get("template", "human_assistant"),
                     spec.system if spec.system is not None else meta.get("system"), spec.quant or "none",
                     spec.name or local.name)
-
-
-def _has_tokenizer(folder: str) -> bool:
-    return (Path(folder) / "tokenizer_config.json").is_file()
 
 
 def _device(spec: ModelSpec) -> str:
@@ -116,41 +100,28 @@ def _device(spec: ModelSpec) -> str:
     return spec.device
 
 
-def _dtype(spec: ModelSpec, device: str) -> torch.dtype:
-    if spec.dtype != "auto":
-        return getattr(torch, spec.dtype)
-    if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
 def load_chat_model(spec: ModelSpec) -> ChatModel:
     """Resolve and load; every failure is one UserError naming what could not be loaded."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
     problems = spec.problems()
     if problems:
         raise UserError("; ".join(problems))
     r = resolve(spec)
-    tok = open_tokenizer(r.tokenizer, spec.revision, spec.trust_remote_code)
-    if tok.bos_token_id is None or tok.eos_token_id is None:
-        raise UserError(f"the tokenizer from {r.tokenizer!r} has no BOS/EOS token")
+    tok = open_tokenizer(r.tokenizer, spec.revision, spec.trust_remote_code, need_bos_eos=True)
     device = _device(spec)
-    dtype = _dtype(spec, device)
+    dtype = getattr(torch, spec.dtype) if spec.dtype != "auto" else compute_dtype("auto", use_cpu=device == "cpu")
     kwargs: dict[str, Any] = {"dtype": dtype, "revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
-    if r.quant == "int8":
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-    elif r.quant == "nf4":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype)
-    if r.quant != "none" and device == "cuda":
-        kwargs["device_map"] = {"": 0}
+    qconfig = quantization_config(r.quant, dtype)
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        if device == "cuda":
+            kwargs["device_map"] = {"": 0}  # bitsandbytes places the weights while loading
     try:
         model = AutoModelForCausalLM.from_pretrained(r.base, **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"could not load the model from {r.base!r}: {first_line(exc)}") from exc
-    if r.quant == "none":
+    if qconfig is None:
         model.to(device)
     if r.adapter is not None:
         model = _with_adapter(model, r.adapter, r.base)

@@ -25,6 +25,7 @@ from llama2ft import CONFIG_DIR
 from llama2ft.errors import ConfigError, UserError, exit_on_user_error
 from llama2ft.modeling import open_tokenizer
 from llama2ft.merge_verify import TOLERANCE, prompt_ids, verify
+from llama2ft.runs import check_adapter, read_run, tokenizer_source
 from llama2ft.templates import CHAT_META_FILE
 from llama2ft.st_io import (TensorInfo, base_tensors, clean_stale, parse_size, plan_shards, publish,
                             read_tensor, shard_names, temp_dir_for, tensor_nbytes, write_shard)
@@ -81,7 +82,7 @@ def resolve_inputs(cfg: DictConfig) -> Inputs:
     for a in adapters:
         _check_adapter_dir(a)
     base = resolve_base(str(cfg.base))
-    tok = Path(cfg.tokenizer).expanduser() if cfg.tokenizer else _tokenizer_dir(adapters[-1], base)
+    tok = Path(cfg.tokenizer).expanduser() if cfg.tokenizer else Path(tokenizer_source(adapters[-1], base))
     return Inputs(base, adapters, tok, None, None, cfg.template, cfg.system, False)
 
 
@@ -98,31 +99,19 @@ def resolve_base(name: str, revision: Optional[str] = None) -> Path:
         return path
 
 
-def _from_run(run: Path) -> Inputs:
-    if not (run / "config.yaml").is_file():
-        raise UserError(f"{run} is not a training run folder (no config.yaml); pass run=<hydra.run.dir of llama2ft-train>")
-    adapter = run / "adapter"
-    if not adapter.is_dir():
-        what = "a full fine-tune (model/), nothing to merge" if (run / "model").is_dir() else "unfinished or failed"
-        raise UserError(f"{run} has no adapter/ folder: the run is {what}")
-    _check_adapter_dir(adapter)
-    run_cfg = OmegaConf.load(run / "config.yaml")
-    name = run_cfg.model.name_or_path
-    base = resolve_base(str(name), run_cfg.model.get("revision")) if name else run / "base_model"
-    tok = run / "tokenizer" if (run / "tokenizer").is_dir() else adapter
-    return Inputs(base, [adapter], tok, run, run_cfg, run_cfg.template.name, run_cfg.template.system, name is None)
+def _from_run(path: Path) -> Inputs:
+    run = read_run(path)
+    if run.adapter is None:
+        raise UserError(f"{run.path} has no adapter/ folder: the run is a full fine-tune (model/), nothing to merge")
+    _check_adapter_dir(run.adapter)
+    base = run.path / "base_model" if run.tiny else resolve_base(run.base, run.cfg.model.get("revision"))
+    return Inputs(base, [run.adapter], run.tokenizer, run.path, run.cfg, run.template, run.system, run.tiny)
 
 
 def _check_adapter_dir(path: Path) -> None:
-    if not (path / "adapter_config.json").is_file():
-        raise UserError(f"{path} is not a peft adapter folder (no adapter_config.json)")
+    check_adapter(path)
     if not (path / "adapter_model.safetensors").is_file():
         raise UserError(f"{path} has no adapter_model.safetensors (an old .bin adapter? load and save it with peft)")
-
-
-def _tokenizer_dir(adapter: Path, base: Path) -> Path:
-    return adapter if (adapter / "tokenizer_config.json").is_file() else base
-
 
 
 def _scale(cfg: dict, module: str) -> tuple[int, float]:
@@ -356,7 +345,6 @@ def register_app_config(name: str) -> str:
     """Serve configs/<name>.yaml from Hydra's ConfigStore instead of the configs/ folder: there,
     `quant` and `template` are training config groups, and `quant=f16` would be taken as a group choice."""
     from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
 
     ConfigStore.instance().store(name=f"_{name}_app", node=OmegaConf.load(CONFIG_DIR / f"{name}.yaml"))
     return f"_{name}_app"

@@ -9,24 +9,23 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig
 
-from llama2ft.errors import UserError
+from llama2ft.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def open_tokenizer(source: str, revision: Optional[str] = None, trust_remote_code: bool = False) -> Any:
-    """A tokenizer from a folder or hub id, with a pad token set; a failure is one clear UserError."""
+def open_tokenizer(source: str, revision: Optional[str] = None, trust_remote_code: bool = False,
+                   need_bos_eos: bool = False) -> Any:
+    """A tokenizer from a folder or hub id, with a pad token set; a failure is one clear UserError.
+    `need_bos_eos`: the templates put BOS/EOS around every turn, so training and chat require them."""
     from transformers import AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise UserError(f"could not load the tokenizer from {source!r}: {_first_line(exc)}") from exc
+        raise UserError(f"could not load the tokenizer from {source!r}: {first_line(exc)}") from exc
+    if need_bos_eos and (tok.bos_token_id is None or tok.eos_token_id is None):
+        raise UserError(f"the tokenizer from {source!r} has no BOS/EOS token; Llama tokenizers have <s> and </s>")
     if tok.pad_token_id is None:
         # Llama-2 has no pad token; <unk> never appears in training labels, so padding with it is harmless.
         tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
@@ -36,9 +35,7 @@ def open_tokenizer(source: str, revision: Optional[str] = None, trust_remote_cod
 def load_tokenizer(model_cfg: DictConfig) -> Any:
     """The training tokenizer named by model.tokenizer (default model.name_or_path)."""
     source = model_cfg.tokenizer or model_cfg.name_or_path
-    tok = open_tokenizer(source, model_cfg.revision, model_cfg.trust_remote_code)
-    if tok.bos_token_id is None or tok.eos_token_id is None:
-        raise UserError(f"the tokenizer from {source!r} has no BOS/EOS token; Llama tokenizers have <s> and </s>")
+    tok = open_tokenizer(source, model_cfg.revision, model_cfg.trust_remote_code, need_bos_eos=True)
     tok.padding_side = "right"
     return tok
 
@@ -84,16 +81,19 @@ def build_tiny_base(model_cfg: DictConfig, tokenizer: Any, out_dir: Path) -> str
     return str(out_dir)
 
 
-def quantization_config(cfg: DictConfig, dtype: torch.dtype) -> Optional[Any]:
-    if cfg.quant.mode == "none":
+def quantization_config(mode: str, dtype: torch.dtype, double_quant: bool = True,
+                        compute_dtype: str = "auto") -> Optional[Any]:
+    """bitsandbytes settings for quant.mode none | int8 | nf4 (QLoRA: NF4, computing in `dtype` unless
+    `compute_dtype` names one)."""
+    if mode == "none":
         return None
     from transformers import BitsAndBytesConfig
 
-    if cfg.quant.mode == "int8":
+    if mode == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
-    compute = dtype if cfg.quant.compute_dtype == "auto" else getattr(torch, cfg.quant.compute_dtype)
+    compute = dtype if compute_dtype == "auto" else getattr(torch, compute_dtype)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                              bnb_4bit_use_double_quant=cfg.quant.double_quant, bnb_4bit_compute_dtype=compute)
+                              bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute)
 
 
 def load_model(cfg: DictConfig, base_path: str, dtype: torch.dtype) -> Any:
@@ -110,7 +110,7 @@ def load_model(cfg: DictConfig, base_path: str, dtype: torch.dtype) -> Any:
         from llama2ft.attention import packed_attention
 
         kwargs["attn_implementation"] = packed_attention(torch.cuda.is_available() and not cfg.trainer.use_cpu)
-    qconfig = quantization_config(cfg, dtype)
+    qconfig = quantization_config(cfg.quant.mode, dtype, cfg.quant.double_quant, cfg.quant.compute_dtype)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
         if torch.cuda.is_available() and not cfg.trainer.use_cpu:
@@ -120,7 +120,7 @@ def load_model(cfg: DictConfig, base_path: str, dtype: torch.dtype) -> Any:
     try:
         model = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
     except (OSError, ValueError) as exc:
-        raise UserError(f"could not load the model from {base_path!r}: {_first_line(exc)}") from exc
+        raise UserError(f"could not load the model from {base_path!r}: {first_line(exc)}") from exc
     model.config.use_cache = False  # the KV cache is useless in training and clashes with checkpointing
     if qconfig is not None:
         from peft import prepare_model_for_kbit_training
@@ -168,7 +168,7 @@ def apply_lora(model: Any, cfg: DictConfig, also_save: list[str] | tuple[str, ..
     try:
         return get_peft_model(model, config)
     except ValueError as exc:
-        raise UserError(f"lora.target_modules={list(lora.target_modules)}: {_first_line(exc)}") from exc
+        raise UserError(f"lora.target_modules={list(lora.target_modules)}: {first_line(exc)}") from exc
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

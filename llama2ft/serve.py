@@ -21,8 +21,8 @@ from omegaconf import DictConfig
 
 from llama2ft import CONFIG_DIR
 from llama2ft.errors import UserError, exit_on_user_error
-from llama2ft.generation import ChatModel, Generation, Sampling, to_turns
-from llama2ft.talk import check, load
+from llama2ft.generation import ChatModel, Generation, Sampling, message_text, to_turns
+from llama2ft.talk import check, load, port_problems, warn_if_exposed
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error", param: Optional[str] = None) -> Any:
@@ -30,14 +30,6 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", param
 
     return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param,
                                                                "code": None}})
-
-
-def _content(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""
 
 
 def create_app(chat: ChatModel, defaults: Sampling, served_name: str, api_key: Optional[str] = None) -> Any:
@@ -157,7 +149,7 @@ def create_app(chat: ChatModel, defaults: Sampling, served_name: str, api_key: O
         system = None
         pairs = []
         for m in req.messages:
-            text = _content(m.content)
+            text = message_text(m.content)
             if m.role in ("system", "developer"):
                 system = text
             else:
@@ -206,14 +198,9 @@ def create_app(chat: ChatModel, defaults: Sampling, served_name: str, api_key: O
 
 def run_serve(cfg: DictConfig) -> None:
     extra = []
-    if not 0 < int(cfg.port) < 65536:
-        extra.append(f"port={cfg.port}: must be in 1..65535")
+    extra += port_problems(cfg.port)
     spec, samp = check(cfg, extra)
-    from llama2ft.web import is_loopback
-
-    if not is_loopback(str(cfg.host)) and not cfg.api_key:
-        print(f"warning: host={cfg.host} exposes the API beyond this machine with no api_key", file=sys.stderr,
-              flush=True)
+    warn_if_exposed(str(cfg.host), bool(cfg.api_key), "the API", "api_key")
     chat = load(spec)
     import uvicorn
 

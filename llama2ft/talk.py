@@ -2,8 +2,10 @@
 a `ModelSpec` and a `Sampling`, checked all at once before anything is loaded."""
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import sys
 import warnings
 from typing import Optional
 
@@ -40,6 +42,26 @@ def check(cfg: DictConfig, extra: Optional[list[str]] = None) -> tuple[ModelSpec
     if problems:
         raise ConfigError(problems)
     return spec, samp
+
+
+def port_problems(port: int) -> list[str]:
+    return [] if 0 < int(port) < 65536 else [f"port={port}: must be in 1..65535"]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_exposed(host: str, protected: bool, what: str, missing: str) -> None:
+    """Say so when a server listens beyond this machine with nothing to keep strangers out."""
+    if not is_loopback(host) and not protected:
+        print(f"warning: host={host} exposes {what} beyond this machine with no {missing}", file=sys.stderr,
+              flush=True)
 
 
 def quiet_libraries() -> None:

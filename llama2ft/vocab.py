@@ -38,24 +38,11 @@ REPORT = "vocab_extension.json"
 def read_texts(path: str, column: str = "text", encoding: Optional[str] = None) -> list[str]:
     """Texts of a .csv column (community-format markup stripped: <s>, </s>, Human:/Assistant:) or
     the non-empty lines of a text file."""
-    from llama2ft.csvfile import read_column
+    from llama2ft.csvfile import read_texts as read_raw
 
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise DataError(f"{path}: file not found")
-    if p.suffix.lower() == ".csv":
-        try:
-            cells = read_column(str(p), column, encoding)
-        except DataError as exc:  # the csv reader names the training key; here it is `column=`
-            raise DataError(str(exc).replace("data.text_column=", "column=")) from None
-        texts = [_strip_markup(cell) for _, cell in cells]
-    else:
-        try:
-            raw = p.read_text(encoding=encoding or "utf-8-sig")
-        except (UnicodeDecodeError, LookupError) as exc:
-            raise DataError(f"{path}: cannot be read as {encoding or 'UTF-8'} text ({exc}); set encoding=...") from None
-        texts = raw.splitlines()
-    texts = [t for t in texts if t.strip()]
+    texts = read_raw(path, column, encoding)
+    if Path(path).suffix.lower() == ".csv":
+        texts = [t for t in map(_strip_markup, texts) if t.strip()]
     if not texts:
         raise DataError(f"{path} is empty: no text to learn Chinese pieces from")
     return texts

@@ -9,7 +9,6 @@ shared one streamer among all of them).
 """
 from __future__ import annotations
 
-import ipaddress
 import sys
 from typing import Any, Iterator, Optional
 
@@ -18,8 +17,8 @@ from omegaconf import DictConfig
 
 from llama2ft import CONFIG_DIR
 from llama2ft.errors import UserError, exit_on_user_error
-from llama2ft.generation import ChatModel, Sampling, to_turns
-from llama2ft.talk import check, load
+from llama2ft.generation import ChatModel, Sampling, message_text, to_turns
+from llama2ft.talk import check, load, port_problems, warn_if_exposed
 
 
 def parse_auth(value: Optional[str]) -> Optional[tuple[str, str]]:
@@ -29,26 +28,6 @@ def parse_auth(value: Optional[str]) -> Optional[tuple[str, str]]:
     if not sep or not user or not password:
         raise ValueError("auth must be user:password")
     return user, password
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _text(content: Any) -> str:
-    """A Gradio history message's content as text (a string, or a list of typed parts)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, dict):
-        return str(content.get("text", ""))
-    if isinstance(content, (list, tuple)):
-        return "".join(_text(part) for part in content)
-    return ""
 
 
 def respond(chat: ChatModel, message: str, history: list[dict], system: str, temperature: float, top_p: float,
@@ -61,7 +40,7 @@ def respond(chat: ChatModel, message: str, history: list[dict], system: str, tem
     problems = samp.problems()
     if problems:
         raise gr.Error("; ".join(problems))
-    messages = [(m["role"], _text(m["content"])) for m in history if m.get("role") in ("user", "assistant")]
+    messages = [(m["role"], message_text(m["content"])) for m in history if m.get("role") in ("user", "assistant")]
     try:
         turns = to_turns([*messages, ("user", message)])
         gen = chat.stream(turns, samp, system.strip() if system and system.strip() else "")
@@ -105,14 +84,11 @@ def run_web(cfg: DictConfig) -> None:
     except ValueError as exc:
         extra.append(f"auth={cfg.auth!r}: {exc}")
         auth = None
-    if not 0 < int(cfg.port) < 65536:
-        extra.append(f"port={cfg.port}: must be in 1..65535")
+    extra += port_problems(cfg.port)
     if int(cfg.concurrency) < 1:
         extra.append(f"concurrency={cfg.concurrency}: must be >= 1")
     spec, samp = check(cfg, extra)
-    if not is_loopback(str(cfg.host)) and auth is None:
-        print(f"warning: host={cfg.host} exposes the chat beyond this machine with no password; "
-              "set auth=user:password", file=sys.stderr, flush=True)
+    warn_if_exposed(str(cfg.host), auth is not None, "the chat", "password; set auth=user:password")
     chat = load(spec)
     app = build_app(chat, samp, str(cfg.title), int(cfg.concurrency))
     print(f"llama2ft-web: {chat.name} on http://{cfg.host}:{cfg.port}", flush=True)

@@ -88,10 +88,36 @@ def learned_run(tmp_path_factory) -> TrainedRun:
     return TrainedRun(run, res.stdout)
 
 
+def start_app(module: str, *args: str, ready_path: str = "/") -> tuple[subprocess.Popen, str]:
+    """Start `python -m llama2ft.<module> args... port=<free>` and wait until it answers HTTP on
+    127.0.0.1; returns the process and its base URL (no trailing slash)."""
+    import time
+
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", f"llama2ft.{module}", *args, f"port={port}"], cwd=str(PROJECT_ROOT),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"llama2ft.{module} exited: {proc.stderr.read()[-3000:]}")
+        try:
+            if httpx.get(url + ready_path, timeout=1).status_code < 500:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise AssertionError(f"llama2ft.{module} did not come up in 120 s")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-__all__ = ["compose", "run_cli", "shared_file", "free_port", "TrainedRun", "SHARED_DATA", "llama2ft"]
+__all__ = ["compose", "run_cli", "shared_file", "free_port", "start_app", "TrainedRun", "SHARED_DATA", "llama2ft"]

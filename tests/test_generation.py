@@ -235,3 +235,4 @@ def test_api_stop_parameter(tokenizer):
               if line.startswith("data: {")]
     assert "".join(d for d in deltas if d) == "一二"
     assert client.post("/v1/chat/completions", json={**body, "stop": [""]}).status_code == 400
+

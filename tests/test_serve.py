@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import os
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import free_port
+from conftest import start_app
 from llama2ft import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
@@ -17,29 +15,10 @@ KEY = "sk-test-key"
 QUESTIONS = [f"数字 {n} 的中文读法是什么？" for n in range(680, 696)]
 
 
-def start_server(*args: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llama2ft.serve", *args, f"port={port}"], cwd=str(PROJECT_ROOT),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
-    import httpx
-
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {proc.stderr.read()[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc, f"http://127.0.0.1:{port}"
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    raise AssertionError("server did not come up in 120 s")
-
-
 @pytest.fixture(scope="module")
 def server(learned_run):
-    proc, url = start_server(f"run={learned_run.path}", f"api_key={KEY}", "temperature=0", "max_new_tokens=16")
+    proc, url = start_app("serve", f"run={learned_run.path}", f"api_key={KEY}", "temperature=0", "max_new_tokens=16",
+                          ready_path="/health")
     yield url
     proc.terminate()
     proc.wait(timeout=30)

@@ -6,15 +6,13 @@ import concurrent.futures as cf
 import os
 import shutil
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import start_app
 from llama2ft import PROJECT_ROOT
-from llama2ft.web import is_loopback, parse_auth
+from llama2ft.talk import is_loopback
+from llama2ft.web import parse_auth
 
 ARTIFACTS = PROJECT_ROOT / "outputs" / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -23,23 +21,8 @@ SETTINGS = ("", 0.0, 0.95, 50, 1.3, 16)  # system, temperature, top_p, top_k, re
 
 
 def start_web(*args: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llama2ft.web", *args, f"port={port}"], cwd=str(PROJECT_ROOT),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
-    import httpx
-
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"web app exited: {proc.stderr.read()[-3000:]}")
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-            return proc, f"http://127.0.0.1:{port}/"
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    raise AssertionError("web app did not come up in 120 s")
+    proc, url = start_app("web", *args)
+    return proc, url + "/"
 
 
 def stop(proc: subprocess.Popen) -> str:
