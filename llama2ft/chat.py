@@ -20,7 +20,7 @@ from llama2ft.csvfile import read_texts
 from llama2ft.dialogue import Turn
 from llama2ft.errors import DataError, UserError, exit_on_user_error
 from llama2ft.generation import ChatModel, Sampling
-from llama2ft.talk import check, load
+from llama2ft.talk import check, load, quote_text_overrides
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (set the system prompt), /exit"
 
@@ -128,6 +128,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    sys.argv[1:] = quote_text_overrides(sys.argv[1:])
     _hydra_main()
 
 

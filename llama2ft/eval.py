@@ -27,7 +27,7 @@ from llama2ft.eval_questions import COMMUNITY_SYSTEM_PROMPT, Question, load_ques
 from llama2ft.eval_report import ANSWERS_FILE, append_answer, read_answers, write_report
 from llama2ft.inference import ModelSpec
 from llama2ft.runs import is_run_folder
-from llama2ft.talk import load, sampling
+from llama2ft.talk import load, quote_text_overrides, sampling
 
 HELD_OUT = "held-out"  # the class of questions taken from a community-format csv
 
@@ -228,6 +228,7 @@ def _hydra_main(cfg: DictConfig) -> Any:
 
 
 def main() -> None:
+    sys.argv[1:] = quote_text_overrides(sys.argv[1:])
     _hydra_main()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import sys
 import warnings
 from typing import Optional
@@ -42,6 +43,23 @@ def check(cfg: DictConfig, extra: Optional[list[str]] = None) -> tuple[ModelSpec
     if problems:
         raise ConfigError(problems)
     return spec, samp
+
+
+TEXT_KEYS = ("prompt", "system")
+
+
+def quote_text_overrides(argv: list[str], keys: tuple[str, ...] = TEXT_KEYS) -> list[str]:
+    """Quote free-text overrides (`prompt=数字 680 是什么？`) for Hydra, whose override grammar rejects
+    spaces, most punctuation and Chinese outside quotes; values the user quoted are left alone."""
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in keys and value and value[0] not in "'\"":
+            # Hydra's quoted strings: escape quotes, and double only the backslashes before a quote
+            value = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+            arg = f"{key}='" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, value) + "'"
+        out.append(arg)
+    return out
 
 
 def port_problems(port: int) -> list[str]:

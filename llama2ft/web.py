@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from llama2ft import CONFIG_DIR
 from llama2ft.errors import UserError, exit_on_user_error
 from llama2ft.generation import ChatModel, Sampling, message_text, to_turns
-from llama2ft.talk import check, load, port_problems, warn_if_exposed
+from llama2ft.talk import check, load, port_problems, quote_text_overrides, warn_if_exposed
 
 
 def parse_auth(value: Optional[str]) -> Optional[tuple[str, str]]:
@@ -104,6 +104,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    sys.argv[1:] = quote_text_overrides(sys.argv[1:])
     _hydra_main()
 
 

@@ -236,3 +236,14 @@ def test_api_stop_parameter(tokenizer):
     assert "".join(d for d in deltas if d) == "一二"
     assert client.post("/v1/chat/completions", json={**body, "stop": [""]}).status_code == 400
 
+
+def test_free_text_overrides_reach_the_config_unchanged():
+    """`prompt=数字 680 是什么？` as a shell gives it: Hydra would reject it unquoted."""
+    from llama2ft.talk import quote_text_overrides
+
+    texts = ["数字 680 的中文读法是什么？", "it's a \"test\" \\ (ok), [x]: y=1", "a\\'b\\", "'already quoted'"]
+    for text in texts:
+        overrides = quote_text_overrides([f"prompt={text}", "system=你是助手。", "temperature=0"])
+        cfg = compose(overrides, config_name="chat")
+        assert cfg.prompt == (text if not text.startswith("'") else "already quoted")
+        assert cfg.system == "你是助手。" and cfg.temperature == 0
