@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import serve_latency as bench  # noqa: E402
 
-from llama2ft.dialogue import Turn  # noqa: E402
-from llama2ft.templates import encode_prompt  # noqa: E402
+from llama2ft.data.dialogue import Turn  # noqa: E402
+from llama2ft.data.templates import encode_prompt  # noqa: E402
 
 N = 64
 

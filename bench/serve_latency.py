@@ -4,7 +4,7 @@ same model, measured in the same process (ratios, never absolute targets).
     .venv/bin/python bench/serve_latency.py                       # CPU: a small random Llama
     python3 bench/serve_latency.py --device cuda --preset 7b      # GPU: Llama-2-7B shape, bf16
 
-The API path is the real one: the FastAPI app of `llama2ft.serve`, run by uvicorn on 127.0.0.1, asked
+The API path is the real one: the FastAPI app of `llama2ft.serving.api`, run by uvicorn on 127.0.0.1, asked
 over HTTP with server-sent events. Both paths decode greedily the same number of tokens (EOS is
 disabled by pointing it at a byte token, and the random model is kept to text pieces), so the difference
 is the server's cost: HTTP, SSE framing, the per-request streamer, detokenisation and the GIL they share
@@ -39,8 +39,8 @@ def build(preset: str, device: str):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from llama2ft import PROJECT_ROOT
-    from llama2ft.generation import ChatModel
-    from llama2ft.templates import get_template
+    from llama2ft.inference.engine import ChatModel
+    from llama2ft.data.templates import get_template
 
     tok = AutoTokenizer.from_pretrained(str(PROJECT_ROOT / "data" / "tokenizer"))
     tok.pad_token = tok.unk_token
@@ -68,8 +68,8 @@ def plain_generate(chat, n_tokens: int) -> tuple[float, float]:
     """TTFT and decode tokens/s of model.generate on the rendered prompt (a minimal streamer timestamps)."""
     from transformers.generation.streamers import BaseStreamer
 
-    from llama2ft.dialogue import Turn
-    from llama2ft.templates import encode_prompt
+    from llama2ft.data.dialogue import Turn
+    from llama2ft.data.templates import encode_prompt
 
     ids = torch.tensor([encode_prompt(chat.template, chat.tokenizer, [Turn("human", QUESTION)])],
                        device=chat.model.device)
@@ -99,8 +99,8 @@ def plain_generate(chat, n_tokens: int) -> tuple[float, float]:
 
 def core_stream(chat, n_tokens: int) -> tuple[float, float]:
     """TTFT and tokens/s of the generation core's stream (per-request streamer thread), no HTTP."""
-    from llama2ft.dialogue import Turn
-    from llama2ft.generation import Sampling
+    from llama2ft.data.dialogue import Turn
+    from llama2ft.inference.sampling import Sampling
 
     samp = Sampling(do_sample=False, repetition_penalty=1.0, max_new_tokens=n_tokens)
     start = time.perf_counter()
@@ -120,8 +120,8 @@ def sync() -> None:
 def start_server(chat, n_tokens: int) -> str:
     import uvicorn
 
-    from llama2ft.generation import Sampling
-    from llama2ft.serve import create_app
+    from llama2ft.inference.sampling import Sampling
+    from llama2ft.serving.api import create_app
 
     chat.tokenizer.eos_token_id = config_eos()  # same fixed length as the plain path
     app = create_app(chat, Sampling(do_sample=False, repetition_penalty=1.0, max_new_tokens=n_tokens), "bench")

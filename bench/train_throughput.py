@@ -49,12 +49,12 @@ from typing import Any, Optional
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from llama2ft.attention import packed_attention  # noqa: E402
-from llama2ft.collator import PadCollator  # noqa: E402
-from llama2ft.csvfile import read_column  # noqa: E402
-from llama2ft.dialogue import parse_dialogue  # noqa: E402
-from llama2ft.packing import PackedCollator, pack_columns  # noqa: E402
-from llama2ft.templates import IGNORE_INDEX, encode_dialogue, get_template  # noqa: E402
+from llama2ft.model.attention import packed_attention  # noqa: E402
+from llama2ft.data.collators import PackedCollator, PadCollator  # noqa: E402
+from llama2ft.data.csv_reader import read_column  # noqa: E402
+from llama2ft.data.dialogue import parse_dialogue  # noqa: E402
+from llama2ft.data.packing import pack_columns  # noqa: E402
+from llama2ft.data.templates import IGNORE_INDEX, encode_dialogue, get_template  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev_sft_sharegpt.csv"

@@ -33,9 +33,9 @@ def compose(overrides: list[str] | None = None, config_name: str = "train", run_
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from llama2ft.config import register_schema
+    from llama2ft.config.hydra_app import register_schemas
 
-    register_schema()
+    register_schemas()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=[*(overrides or []), f"hydra.run.dir={run_dir}"],
                              return_hydra_config=True)

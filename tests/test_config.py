@@ -10,8 +10,8 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from conftest import compose, run_cli
 from llama2ft import CONFIG_DIR
-from llama2ft.config import collect_problems, validate
-from llama2ft.errors import ConfigError
+from llama2ft.config.validation import collect_problems, validate
+from llama2ft.core.errors import ConfigError
 
 
 def options(group: str) -> list[str]:
@@ -146,9 +146,11 @@ def test_cli_unknown_key_without_traceback(tmp_path):
     ([], "random"),  # the tiny preset turns grouping off: its rows are all short
 ])
 def test_length_grouping_unless_packing(tmp_path, overrides, strategy):
-    from llama2ft.train import training_arguments
+    from llama2ft.training.arguments import training_arguments
 
-    args = training_arguments(compose(overrides), tmp_path, has_eval=False)
+    cfg = compose(overrides)
+    args = training_arguments(cfg.trainer, cfg.logger, tmp_path, has_eval=False,
+                              group_by_length=cfg.data.group_by_length and not cfg.data.packing)
     assert args.train_sampling_strategy == strategy
 
 

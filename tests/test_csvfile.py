@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from llama2ft.csvfile import read_column
-from llama2ft.errors import DataError, UserError
+from llama2ft.data.csv_reader import read_column
+from llama2ft.core.errors import DataError, UserError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DIALOGUE = "<s>Human: 你好，介绍一下地球。\n</s><s>Assistant: 地球是太阳系的第三颗行星。\n</s>"

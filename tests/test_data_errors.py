@@ -7,8 +7,9 @@ import json
 import pytest
 
 from conftest import compose, run_cli
-from llama2ft.errors import DataError
-from llama2ft.prepare import read_inputs
+from llama2ft.core.errors import DataError
+from llama2ft.data.pipeline import read_inputs, tokenize_inputs
+from llama2ft.data.templates import get_template
 
 GOOD = "<s>Human: 你好\n</s><s>Assistant: 你好！\n</s>"
 
@@ -23,6 +24,12 @@ def write_csv(path, rows, header="text", encoding="utf-8", bom=False):
 
 def data_cfg(path, *extra):
     return compose(["data=csv", f"data.train_file={path}", "data.eval_fraction=0", *extra])
+
+
+def prepare(cfg, tokenizer):
+    train, evals = read_inputs(cfg.data, cfg.trainer.seed)
+    template = get_template(cfg.template.name, cfg.template.system)
+    return tokenize_inputs(cfg.data, template, tokenizer, train, evals, cfg.trainer.seed)
 
 
 CASES = {
@@ -46,38 +53,30 @@ def test_bad_input_names_file_and_what(tmp_path, case):
     path = tmp_path / "bad.csv"
     make(path)
     with pytest.raises(DataError) as info:
-        read_inputs(data_cfg(path))
+        read_inputs(data_cfg(path).data, 0)
     message = str(info.value)
     assert str(path) in message and needle in message, message
 
 
 def test_skip_bad_rows_counts_them(tmp_path, tokenizer):
-    from llama2ft.prepare import tokenize_inputs
-
     path = write_csv(tmp_path / "mixed.csv", [GOOD, "", "garbage", GOOD])
-    cfg = data_cfg(path, "data.skip_bad_rows=true")
-    train, evals = read_inputs(cfg)
-    prepared = tokenize_inputs(cfg, tokenizer, train, evals)
+    prepared = prepare(data_cfg(path, "data.skip_bad_rows=true"), tokenizer)
     assert prepared.stats["rows"] == 2 and prepared.stats["rows_skipped"] == 2
 
 
 def test_gbk_decodes_when_told(tmp_path, tokenizer):
     path = write_csv(tmp_path / "gbk.csv", [GOOD], encoding="gbk")
-    train, _ = read_inputs(data_cfg(path, "data.encoding=gbk"))
+    train, _ = read_inputs(data_cfg(path, "data.encoding=gbk").data, 0)
     assert train.items[0][1][1].text == "你好！"
 
 
 def test_bom_extra_columns_and_long_rows_just_work(tmp_path, tokenizer):
-    from llama2ft.prepare import tokenize_inputs
-
     long_answer = "长" * 400_000
     rows = [GOOD, f"<s>Human: 写长文\n</s><s>Assistant: {long_answer}\n</s>"]
     body = "id,text,source\n" + "".join(f'{i},"{r}",web\n' for i, r in enumerate(rows))
     path = tmp_path / "bom.csv"
     path.write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))
-    cfg = data_cfg(path, "data.max_seq_len=64")
-    train, evals = read_inputs(cfg)
-    stats = tokenize_inputs(cfg, tokenizer, train, evals).stats
+    stats = prepare(data_cfg(path, "data.max_seq_len=64"), tokenizer).stats
     assert stats["rows"] == 2 and stats["truncated_rows"] == 1 and stats["max_len"] == 64
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from llama2ft.csvfile import read_column
-from llama2ft.dialogue import (
+from llama2ft.data.csv_reader import read_column
+from llama2ft.data.dialogue import (
     ASSISTANT,
     HUMAN,
     DialogueFormatError,
@@ -16,7 +16,7 @@ from llama2ft.dialogue import (
     parse_dialogue,
     parse_rows,
 )
-from llama2ft.errors import DataError
+from llama2ft.core.errors import DataError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

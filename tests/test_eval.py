@@ -134,7 +134,7 @@ def test_chinese_answer_rate_on_real_answers(size):
     import json
 
     from conftest import shared_file
-    from llama2ft.eval_metrics import is_chinese_answer
+    from llama2ft.evaluation.metrics import is_chinese_answer
 
     llama = _markdown_answers(shared_file(f"atombulb/llama2chinese_meta_eval_{size}.md"))
     assert len(llama) == 95

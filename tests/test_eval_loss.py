@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from llama2ft.dialogue import Turn, format_dialogue
-from llama2ft.errors import DataError
-from llama2ft.eval_loss import loss_on_csv
-from llama2ft.templates import get_template
+from llama2ft.data.dialogue import Turn, format_dialogue
+from llama2ft.core.errors import DataError
+from llama2ft.evaluation.loss import loss_on_csv
+from llama2ft.data.templates import get_template
 
 DIALOGUES = [
     [Turn("human", "请用中文写出数字 407。"), Turn("assistant", "四百零七")],

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from llama2ft.eval_metrics import (
+from llama2ft.evaluation.metrics import (
     aggregate,
     answer_metrics,
     chinese_share,

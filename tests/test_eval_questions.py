@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import shared_file
-from llama2ft.errors import DataError
-from llama2ft.eval_questions import (
+from llama2ft.core.errors import DataError
+from llama2ft.evaluation.questions import (
     BUILTIN_QUESTIONS,
     CLASS_NAMES_EN,
     CLASSES,

@@ -7,9 +7,9 @@ import warnings
 
 import pytest
 
-from llama2ft.errors import DataError
-from llama2ft.eval_metrics import aggregate, answer_metrics
-from llama2ft.eval_report import (
+from llama2ft.core.errors import DataError
+from llama2ft.evaluation.metrics import aggregate, answer_metrics
+from llama2ft.evaluation.report import (
     CLASS_CHART,
     OVERVIEW_CHART,
     _width,

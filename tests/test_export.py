@@ -39,7 +39,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 def export(source: Path, output: Path, *args: str):
-    return run_cli("export_gguf", "format=gguf", f"source={source}", f"output={output}", *args,
+    return run_cli("export", "format=gguf", f"source={source}", f"output={output}", *args,
                    env={"OMP_NUM_THREADS": "1"})
 
 
@@ -56,7 +56,7 @@ def field(reader, key: str):
 def test_gguf_names_shapes_and_metadata(model_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from llama2ft.export_gguf import permute_qk
+    from llama2ft.publishing.gguf import permute_qk
 
     reader = export_ok(model_dir, tmp_path / "m.gguf", "quant=f16")
     tensors = {t.name: t for t in reader.tensors}
@@ -156,7 +156,7 @@ def test_llama_cpp_greedy_tokens_match_transformers(model_dir, tmp_path):
     # the "llama" tokenizer with merge-rank scores splits real data like the BPE tokenizer
     import csv
 
-    from llama2ft.dialogue import parse_dialogue
+    from llama2ft.data.dialogue import parse_dialogue
 
     with open(PROJECT_ROOT / "data" / "sample" / "dev.csv", encoding="utf-8") as f:
         texts = [t.text for row in csv.DictReader(f) for t in parse_dialogue(row["text"])][:60]

@@ -12,11 +12,14 @@ import pytest
 import torch
 
 from conftest import compose
-from llama2ft.dataset import encode_rows, read_rows
-from llama2ft.dialogue import Turn
-from llama2ft.errors import UserError
-from llama2ft.generation import ChatModel, Sampling, to_turns
-from llama2ft.templates import IGNORE_INDEX, get_template
+from llama2ft.data.encode import encode_rows
+from llama2ft.data.rows import read_rows
+from llama2ft.data.dialogue import Turn
+from llama2ft.core.errors import UserError
+from llama2ft.inference.engine import ChatModel
+from llama2ft.inference.messages import to_turns
+from llama2ft.inference.sampling import Sampling
+from llama2ft.data.templates import IGNORE_INDEX, get_template
 
 CONVERSATION = [Turn("human", "你好，请介绍一下自己。"), Turn("assistant", "我是一个助手。"),
                 Turn("human", "数字 680 的中文读法是什么？")]
@@ -62,14 +65,15 @@ def scripted_chat(tokenizer, template: str = "human_assistant", answer: str = AN
 
 def training_prefix(tmp_path: Path, tokenizer, template: str, system, turns: list[Turn]) -> list[int]:
     """The training tokenization of `turns` + the answer, cut where the answer's labels start."""
-    from llama2ft.dialogue import format_dialogue
+    from llama2ft.data.dialogue import format_dialogue
 
     path = tmp_path / "one.csv"
     with path.open("w", encoding="utf-8", newline="") as f:
         csv.writer(f).writerows([["text"], [format_dialogue([*turns, Turn("assistant", ANSWER)])]])
     overrides = [f"data.train_file={path}", f"template={template}"]
     cfg = compose(overrides)  # the system prompt lives in the template object below
-    cols, _ = encode_rows(read_rows(str(path), cfg.data), get_template(template, system), tokenizer, cfg.data)
+    cols, _ = encode_rows(read_rows(str(path), cfg.data), get_template(template, system), tokenizer,
+                          max_seq_len=cfg.data.max_seq_len)
     ids, labels = cols["input_ids"][0], cols["labels"][0]
     last_answer_start = max(i for i in range(len(labels)) if labels[i] != IGNORE_INDEX and
                             (i == 0 or labels[i - 1] == IGNORE_INDEX))
@@ -89,8 +93,8 @@ def test_chat_prompt_is_the_training_prefix(tmp_path, tokenizer, template, syste
 def test_web_and_api_feed_the_same_tokens_as_chat(tmp_path, tokenizer, template, system):
     from fastapi.testclient import TestClient
 
-    from llama2ft.serve import create_app
-    from llama2ft.web import respond
+    from llama2ft.serving.api import create_app
+    from llama2ft.serving.web_app import respond
 
     expected = training_prefix(tmp_path, tokenizer, template, system, CONVERSATION)
     chat = scripted_chat(tokenizer, template, system=system)
@@ -137,7 +141,7 @@ def test_oldest_turns_are_dropped_to_fit_the_context(tokenizer):
     assert reply.dropped_turns > 0 and reply.dropped_turns % 2 == 0  # whole exchanges, oldest first
     fed = chat.model.prompts[-1]
     assert len(fed) + 16 <= 96
-    from llama2ft.templates import encode_prompt
+    from llama2ft.data.templates import encode_prompt
 
     assert fed == encode_prompt(chat.template, tokenizer, turns[reply.dropped_turns:])
 
@@ -225,7 +229,7 @@ def test_stop_texts_end_the_answer_and_are_never_streamed(tokenizer):
 def test_api_stop_parameter(tokenizer):
     from fastapi.testclient import TestClient
 
-    from llama2ft.serve import create_app
+    from llama2ft.serving.api import create_app
 
     client = TestClient(create_app(scripted_chat(tokenizer, answer="一二三四五六"), Sampling(do_sample=False), "m"))
     body = {"model": "m", "messages": [{"role": "user", "content": "数"}], "stop": "四"}
@@ -239,7 +243,7 @@ def test_api_stop_parameter(tokenizer):
 
 def test_free_text_overrides_reach_the_config_unchanged():
     """`prompt=数字 680 是什么？` as a shell gives it: Hydra would reject it unquoted."""
-    from llama2ft.talk import quote_text_overrides
+    from llama2ft.config.hydra_app import quote_text_overrides
 
     texts = ["数字 680 的中文读法是什么？", "it's a \"test\" \\ (ok), [x]: y=1", "a\\'b\\", "'already quoted'"]
     for text in texts:

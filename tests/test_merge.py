@@ -295,7 +295,7 @@ def test_base_without_safetensors(tiny_run, tmp_path):
 
 
 def test_parse_size_and_shard_plan():
-    from llama2ft.st_io import parse_size, plan_shards, shard_names
+    from llama2ft.publishing.safetensors_stream import parse_size, plan_shards, shard_names
 
     assert parse_size("2GB") == 2 * 10**9 and parse_size("500MB") == 500 * 10**6 and parse_size("1024") == 1024
     with pytest.raises(ValueError):
@@ -309,8 +309,8 @@ def test_parse_size_and_shard_plan():
 @pytest.mark.slow
 def test_verification_catches_a_wrong_merge(tiny_run):
     """verify() compares against base+adapter: the plain base (adapter not applied) must fail it."""
-    from llama2ft.errors import UserError
-    from llama2ft.merge_verify import verify
+    from llama2ft.core.errors import UserError
+    from llama2ft.publishing.verify import verify
 
     with pytest.raises(UserError, match="verification failed: merged logits differ"):
         verify(tiny_run / "base_model", [tiny_run / "adapter"], tiny_run / "base_model", IDS, 2048, 1e-4)
@@ -322,10 +322,11 @@ def test_failed_verification_leaves_no_output(tiny_run, tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
     import llama2ft.merge as merge_mod
+    import llama2ft.publishing.merge as merge_lib
     from llama2ft import CONFIG_DIR
-    from llama2ft.errors import UserError
+    from llama2ft.core.errors import UserError
 
-    monkeypatch.setattr(merge_mod, "add_lora_", lambda *args: None)
+    monkeypatch.setattr(merge_lib, "add_lora_", lambda *args: None)
     cfg = OmegaConf.load(CONFIG_DIR / "merge.yaml")
     cfg.merge_with({"run": str(tiny_run), "output": str(tmp_path / "out")})
     with pytest.raises(UserError, match=r"verification failed: merged logits differ .* by up to \d"):

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llama2ft.packing import PackedCollator, pack_bins, pack_columns
-from llama2ft.templates import IGNORE_INDEX
+from llama2ft.data.collators import PackedCollator
+from llama2ft.data.packing import pack_bins, pack_columns
+from llama2ft.data.templates import IGNORE_INDEX
 
 
 def test_pack_bins_fills_without_overflow():
@@ -51,7 +52,7 @@ def per_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager", "llama2ft_varlen_sdpa"])
 def test_packed_losses_and_grads_equal_separate_runs(attn):
-    from llama2ft.attention import register
+    from llama2ft.model.attention import register
 
     register()
     gen = torch.Generator().manual_seed(1)
@@ -107,7 +108,7 @@ def test_naive_packing_would_differ():
 
 def test_varlen_attention_falls_back_for_generation_with_padding():
     """Outside packed training (KV cache, left padding) the varlen attention is plain SDPA."""
-    from llama2ft.attention import register
+    from llama2ft.model.attention import register
 
     model = tiny_lora_model().base_model.model
     ids = torch.tensor([[0, 0, 5, 6, 7], [3, 4, 5, 6, 7]])

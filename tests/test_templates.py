@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from conftest import shared_file
-from llama2ft.csvfile import read_column
-from llama2ft.dialogue import Turn, parse_dialogue
-from llama2ft.templates import IGNORE_INDEX, encode_dialogue, encode_prompt, encode_raw, get_template
+from llama2ft.data.csv_reader import read_column
+from llama2ft.data.dialogue import Turn, parse_dialogue
+from llama2ft.data.templates import IGNORE_INDEX, encode_dialogue, encode_prompt, encode_raw, get_template
 
 ROW = "<s>Human: 你好，请介绍一下长城。\n</s><s>Assistant: 长城是中国古代的军事防御工程。\n</s>"
 MULTI = ("<s>Human: 1 加 1 等于几？\n</s><s>Assistant: 二\n</s>"

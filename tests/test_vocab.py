@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from conftest import compose, run_cli, shared_file
 from llama2ft import CONFIG_DIR, PROJECT_ROOT
-from llama2ft.errors import UserError
+from llama2ft.core.errors import UserError
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 ROUND_TRIP = ["请用中文写出数字 4046。", "四千零四十六用阿拉伯数字怎么写？", "你好，世界！Hello, world.",
@@ -21,9 +21,11 @@ ROUND_TRIP = ["请用中文写出数字 4046。", "四千零四十六用阿拉�
 
 def vocab_cfg(**overrides):
     """configs/vocab.yaml as the app sees it, with `overrides`."""
+    from llama2ft.config.app_schemas import VocabConfig
+
     cfg = OmegaConf.load(CONFIG_DIR / "vocab.yaml")
     del cfg["defaults"], cfg["hydra"]
-    return OmegaConf.merge(cfg, overrides)
+    return OmegaConf.merge(OmegaConf.structured(VocabConfig), cfg, overrides)
 
 
 def build(tmp_path: Path, name: str = "ext", **overrides) -> Path:
@@ -58,13 +60,13 @@ def assert_extends(base, ext, size: int) -> None:
 
 # ---------------------------------------------------------------- the tokenizer
 def test_extension_keeps_ids_round_trips_and_shortens_the_sample_data(extended, tokenizer):
-    from llama2ft.vocab import read_texts, tokens_per_char
+    from llama2ft.data.vocab_extension import corpus_texts, tokens_per_char
 
     ext = load_tok(extended)  # stock transformers loads the folder
     assert_extends(tokenizer, ext, 2304)
     assert ext.bos_token_id == 1 and ext.eos_token_id == 2 and ext("你好").input_ids[0] == 1
     assert ext.convert_ids_to_tokens(ext.encode("<s>Human: x", add_special_tokens=False))[:2] == ["<s>", "Human:"]
-    dev = read_texts(str(SAMPLE / "dev.csv"))
+    dev = corpus_texts(str(SAMPLE / "dev.csv"))
     assert not any("<s>" in t or "Assistant:" in t for t in dev)  # community markup stripped
     before, after = tokens_per_char(tokenizer, dev), tokens_per_char(ext, dev)
     assert after < 0.7 * before
@@ -77,10 +79,10 @@ def test_extension_keeps_ids_round_trips_and_shortens_the_sample_data(extended, 
 def test_a_llama_sentencepiece_tokenizer_extends_too(tmp_path):
     """A Llama-style tokenizer (sentencepiece BPE with byte fallback, LlamaTokenizer, no CJK splitting)."""
     import sentencepiece as spm
-    from llama2ft.vocab import read_texts
+    from llama2ft.data.vocab_extension import corpus_texts
 
     # characters spaced apart: like Llama-2's, the base knows Chinese characters but hardly any words
-    lines = [" ".join(t) for t in read_texts(str(SAMPLE / "train.csv"))[:400]]
+    lines = [" ".join(t) for t in corpus_texts(str(SAMPLE / "train.csv"))[:400]]
     (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\nThe quick brown fox jumps over the lazy dog.\n",
                                          encoding="utf-8")
     spm.SentencePieceTrainer.train(
@@ -122,7 +124,6 @@ def test_new_characters_from_a_real_chinese_corpus(tmp_path, tokenizer):
     ({"corpus": "ENGLISH"}, "no Chinese characters"),
     ({"corpus": "/nope/corpus.txt"}, "file not found"),
     ({"corpus": None}, "corpus=PATH is required"),
-    ({"vocab_size": "big"}, "vocab_size='big'"),
     ({"max_piece_length": 1}, "max_piece_length=1: must be an integer >= 2"),
     ({"base": "/nope/tokenizer"}, "base='/nope/tokenizer': folder not found"),
     ({"base": str(SAMPLE)}, "no tokenizer.json or tokenizer.model in this folder"),
@@ -136,6 +137,14 @@ def test_bad_input_is_one_clear_error(tmp_path, overrides, needle):
     with pytest.raises(UserError, match=needle):
         build(tmp_path, **overrides)
     assert not (tmp_path / "ext").exists()
+
+
+def test_wrong_types_are_rejected_by_the_schema():
+    from omegaconf.errors import ValidationError
+
+    for key, value in (("vocab_size", "big"), ("min_frequency", "often"), ("overwrite", "maybe")):
+        with pytest.raises(ValidationError, match=key):
+            vocab_cfg(**{key: value})
 
 
 def test_existing_output_needs_overwrite(extended, tmp_path):
@@ -159,7 +168,7 @@ def test_cli_errors_without_traceback(tmp_path):
 def test_resize_grows_embeddings_and_head_with_mean_rows():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from llama2ft.modeling import embedding_module_names, resize_embeddings
+    from llama2ft.model.embeddings import embedding_module_names, resize_embeddings
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -177,7 +186,7 @@ def test_resize_grows_embeddings_and_head_with_mean_rows():
 
 
 def test_resize_init_is_checked():
-    from llama2ft.config import collect_problems
+    from llama2ft.config.validation import collect_problems
 
     assert not collect_problems(compose(["model.resize_init=normal"]))
     assert any("model.resize_init='zero'" in p for p in collect_problems(compose(["model.resize_init=zero"])))
@@ -189,9 +198,9 @@ def test_pretrain_raw_then_sft_then_merge_with_an_extended_vocabulary(extended, 
     -> SFT on the merged model -> merge -> stock transformers loads model and tokenizer together."""
     from transformers import AutoModelForCausalLM
 
-    from llama2ft.modeling import build_tiny_base
+    from llama2ft.model.tiny import build_tiny_base
 
-    base = Path(build_tiny_base(compose().model, tokenizer, tmp_path / "base"))
+    base = Path(build_tiny_base(compose().model.init, tokenizer, tmp_path / "base"))
     env = {"OMP_NUM_THREADS": "1"}
 
     def train(run: Path, *overrides: str) -> str:

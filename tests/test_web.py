@@ -11,8 +11,8 @@ import pytest
 
 from conftest import start_app
 from llama2ft import PROJECT_ROOT
-from llama2ft.talk import is_loopback
-from llama2ft.web import parse_auth
+from llama2ft.serving.network import is_loopback
+from llama2ft.serving.web_app import parse_auth
 
 ARTIFACTS = PROJECT_ROOT / "outputs" / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

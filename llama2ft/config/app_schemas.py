@@ -1,0 +1,123 @@
+"""Typed schemas of the commands other than training: chat, web, serve and eval share the generation
+keys (configs/generate/default.yaml); merge, export and vocab have their own. Unknown keys and wrong
+types are rejected when Hydra composes; value checks stay with the code that uses the values."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from llama2ft.config.train_schema import QuantConfig, TemplateConfig
+from llama2ft.inference.sampling import Sampling
+
+
+@dataclass
+class InferenceModel:
+    """The `model` node of the generation apps: a folder or hub id (a merged model included)."""
+
+    name_or_path: Optional[str] = None
+    tokenizer: Optional[str] = None  # default: the run's, the adapter's, else the model's
+    revision: Optional[str] = None
+    trust_remote_code: bool = False
+    dtype: str = "auto"  # auto: bfloat16/float16 on GPU, float32 on CPU
+
+
+@dataclass
+class GenerateConfig:
+    """What chat, web, API and eval load and how they sample."""
+
+    run: Optional[str] = None  # a training run folder: base, adapter, template come from it
+    model: InferenceModel = field(default_factory=InferenceModel)
+    adapter: Optional[str] = None
+    system: Optional[str] = None  # system prompt (llama2_inst); default: the run's or the merged folder's
+    device: str = "auto"  # auto | cpu | cuda
+    template: Optional[TemplateConfig] = None  # the template=/quant= groups override what the run says
+    quant: Optional[QuantConfig] = None
+    temperature: float = Sampling.temperature
+    top_p: float = Sampling.top_p
+    top_k: int = Sampling.top_k
+    repetition_penalty: float = Sampling.repetition_penalty
+    max_new_tokens: int = Sampling.max_new_tokens
+    do_sample: bool = Sampling.do_sample
+    seed: Optional[int] = None
+
+
+@dataclass
+class ChatConfig(GenerateConfig):
+    prompt: Optional[str] = None
+    prompts_file: Optional[str] = None
+    prompts_column: str = "question"
+    output: Optional[str] = None
+
+
+@dataclass
+class WebConfig(GenerateConfig):
+    host: str = "127.0.0.1"
+    port: int = 7860
+    auth: Optional[str] = None
+    title: str = "llama2ft chat"
+    concurrency: int = 4
+
+
+@dataclass
+class ServeConfig(GenerateConfig):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: Optional[str] = None
+    served_name: Optional[str] = None
+
+
+@dataclass
+class EvalConfig(GenerateConfig):
+    task: str = "generate"  # generate | loss
+    models: list[Any] = field(default_factory=list)  # paths, or {name, run | path, adapter, template, system}
+    questions: Optional[str] = None
+    encoding: Optional[str] = None
+    prompt_template: Optional[str] = None  # llama2_inst | human_assistant | model
+    chinese_threshold: float = 0.5
+    batch_size: int = 8
+    data_file: Optional[str] = None
+    max_seq_len: int = 2048
+    output: str = "outputs/eval"
+
+
+@dataclass
+class MergeConfig:
+    run: Optional[str] = None
+    base: Optional[str] = None
+    adapters: list[str] = field(default_factory=list)
+    tokenizer: Optional[str] = None
+    template: str = "human_assistant"
+    system: Optional[str] = None
+    base_name: Optional[str] = None
+    output: Optional[str] = None
+    dtype: Optional[str] = None  # float16 | bfloat16 | float32
+    max_shard_size: str = "5GB"
+    verify: bool = True
+    overwrite: bool = False
+
+
+@dataclass
+class ExportConfig:
+    format: str = "gguf"
+    source: Optional[str] = None
+    output: Optional[str] = None
+    quant: str = "f16"  # f16 | q8_0 | f32
+    overwrite: bool = False
+
+
+@dataclass
+class VocabConfig:
+    corpus: Optional[str] = None
+    column: str = "text"
+    encoding: Optional[str] = None
+    base: str = "???"
+    vocab_size: Optional[int] = None
+    min_frequency: int = 2
+    max_piece_length: Optional[int] = None
+    heldout: Optional[str] = None
+    output: Optional[str] = None
+    overwrite: bool = False
+
+
+APP_SCHEMAS = {"chat": ChatConfig, "web": WebConfig, "serve": ServeConfig, "eval": EvalConfig,
+               "merge": MergeConfig, "export": ExportConfig, "vocab": VocabConfig}

@@ -1,0 +1,266 @@
+"""The generation core behind chat, web, API and evaluation: one template, one sampler, one streamer.
+
+Prompts are rendered by `data.templates.encode_prompt`, i.e. the training tokenization of the conversation up
+to the start of the answer. Each request gets its own streamer (no cross-talk between users) and
+requests take turns on the model: one long-lived generation thread serves them first come, first
+served (see `ChatModel.submit`).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+
+from llama2ft.core.errors import UserError
+from llama2ft.data.dialogue import Turn
+from llama2ft.data.templates import Template, encode_prompt, get_template
+from llama2ft.inference.sampling import Sampling, cut_at_stop
+
+
+@dataclass
+class Reply:
+    text: str
+    finish_reason: str = "stop"  # stop: the model wrote EOS; length: max_new_tokens ran out; cancelled
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    dropped_turns: int = 0  # oldest turns left out so that the prompt fits the context
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class _StopText(Exception):
+    """Raised inside generate() to end it once a stop text has appeared."""
+
+
+class Generation:
+    """Iterate to receive the answer as text pieces while it is generated; `reply` holds the result after.
+
+    Whitespace around the answer (the templates' stop text before EOS) is never shown."""
+
+    def __init__(self, chat: "ChatModel", prompt: list[int], sampling: Sampling, max_new_tokens: int,
+                 dropped: int):
+        self.chat, self.prompt, self.sampling, self.max_new_tokens = chat, prompt, sampling, max_new_tokens
+        self.reply = Reply("", "stop", len(prompt), 0, dropped)
+        self._ids: list[int] = []
+        self._queue: "queue.Queue[Optional[str]]" = queue.Queue()
+        self._cancel = threading.Event()
+        self._error: Optional[BaseException] = None
+        self._shown = ""
+        self._started = False
+        self._final: Optional[str] = None  # the answer cut at a stop text
+        self._hold = max((len(s) for s in sampling.stop), default=1) - 1  # may be the start of a stop text
+
+    # -- called by transformers' generate (BaseStreamer protocol) in the worker thread
+    def put(self, value: torch.Tensor) -> None:
+        if self._cancel.is_set():
+            raise _Cancelled()
+        ids = value.reshape(-1).tolist()
+        if not self._started:  # generate() first hands over the prompt
+            self._started = True
+            return
+        eos = self.chat.tokenizer.eos_token_id
+        for i in ids:
+            if i == eos:
+                return
+            self._ids.append(i)
+        text = self._text()
+        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+            return
+        visible = text.lstrip().rstrip()
+        if self.sampling.stop:
+            self._final = cut_at_stop(visible, self.sampling.stop)
+            if self._final is not None:
+                raise _StopText()
+            visible = visible[: len(visible) - self._hold]
+        if visible.startswith(self._shown) and len(visible) > len(self._shown):
+            self._queue.put(visible[len(self._shown):])
+            self._shown = visible
+
+    def end(self) -> None:
+        pass
+
+    def _text(self) -> str:
+        return self.chat.tokenizer.decode(self._ids, skip_special_tokens=True)
+
+    # -- consumer side
+    def _run(self) -> None:
+        """Runs on the model's generation thread."""
+        try:
+            self.chat.generate_ids([self.prompt], self.sampling, self.max_new_tokens, streamer=self)
+        except _Cancelled:
+            self.reply.finish_reason = "cancelled"
+        except _StopText:
+            pass
+        except BaseException as exc:  # re-raised in the consumer thread
+            self._error = exc
+        finally:
+            self._queue.put(None)
+
+    def __iter__(self) -> Iterator[str]:
+        job = self.chat.submit(self._run)
+        try:
+            while (piece := self._queue.get()) is not None:
+                yield piece
+        finally:
+            self._cancel.set()  # a consumer that stops early (client gone) stops the generation too
+            if not job.cancel():  # still queued: dropped; running: it stops at its next token
+                job.result()
+        if self._error is not None:
+            raise self._error
+        self.reply.completion_tokens = len(self._ids)
+        if self.reply.finish_reason != "cancelled":
+            full = len(self._ids) >= self.max_new_tokens and self._final is None
+            self.reply.finish_reason = "length" if full else "stop"
+        self.reply.text = self._final if self._final is not None else self._text().strip()
+        if self.reply.text != self._shown and self.reply.text.startswith(self._shown):
+            yield self.reply.text[len(self._shown):]
+
+    def cancel(self) -> None:
+        """Stop generating (a client went away); the iterator then ends with finish_reason "cancelled"."""
+        self._cancel.set()
+
+    def run(self) -> Reply:
+        for _ in self:
+            pass
+        return self.reply
+
+
+@dataclass
+class ChatModel:
+    """A loaded model with its tokenizer and template."""
+
+    model: Any
+    tokenizer: Any
+    template: Template
+    context_length: int
+    name: str = "model"
+    _jobs: "queue.Queue[Optional[tuple[Callable[[], Any], Future]]]" = field(default_factory=queue.Queue, repr=False)
+    _worker: Optional[threading.Thread] = field(default=None, repr=False)
+    _worker_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def submit(self, fn: Callable[[], Any]) -> Future:
+        """Run `fn` on the model's one generation thread, after the jobs already waiting.
+
+        One generation at a time: HF generate has no continuous batching, and putting concurrent
+        requests into one batch would change their answers. The thread lives as long as the model
+        because CUDA work in a fresh thread runs slowly at first (measured on an H100: the first
+        generate in a new thread at 14 tokens/s, later ones at 40, the main thread at 33)."""
+        with self._worker_lock:
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._serve, name=f"generate-{self.name}", daemon=True)
+                self._worker.start()
+        job: Future = Future()
+        self._jobs.put((fn, job))
+        return job
+
+    def close(self) -> None:
+        """Stop the generation thread once the waiting jobs are done (it holds the model alive)."""
+        with self._worker_lock:
+            if self._worker is not None:
+                self._jobs.put(None)
+                self._worker.join()
+                self._worker = None
+
+    def _serve(self) -> None:
+        while (item := self._jobs.get()) is not None:
+            fn, job = item
+            if not job.set_running_or_notify_cancel():
+                continue
+            try:
+                job.set_result(fn())
+            except BaseException as exc:  # handed to whoever waits on the job
+                job.set_exception(exc)
+
+    def template_for(self, system: Optional[str]) -> Template:
+        return self.template if system is None else get_template(self.template.name, system or None)
+
+    def prompt_ids(self, turns: list[Turn], max_new_tokens: int, system: Optional[str] = None
+                   ) -> tuple[list[int], int, int]:
+        """(prompt ids, number of oldest turns dropped to fit, tokens left for the answer)."""
+        if not turns or turns[-1].role != "human":
+            raise UserError("the conversation must end with a user message")
+        if not turns[-1].text.strip():
+            raise UserError("the message is empty")
+        template = self.template_for(system)
+        reserve = min(max_new_tokens, self.context_length // 4)  # room kept for the answer
+        dropped = 0
+        while True:
+            ids = encode_prompt(template, self.tokenizer, turns[dropped:])
+            if len(ids) + reserve <= self.context_length:
+                break
+            nxt = next((i for i in range(dropped + 1, len(turns)) if turns[i].role == "human"), None)
+            if nxt is None:
+                raise UserError(f"the message is too long: its prompt is {len(ids)} tokens and the model's context "
+                                f"is {self.context_length} (with {reserve} kept for the answer)")
+            dropped = nxt
+        return ids, dropped, min(max_new_tokens, self.context_length - len(ids))
+
+    def stream(self, turns: list[Turn], sampling: Sampling, system: Optional[str] = None) -> Generation:
+        ids, dropped, room = self.prompt_ids(turns, sampling.max_new_tokens, system)
+        return Generation(self, ids, sampling, room, dropped)
+
+    def chat(self, turns: list[Turn], sampling: Sampling, system: Optional[str] = None) -> Reply:
+        return self.stream(turns, sampling, system).run()
+
+    def stream_raw(self, text: str, sampling: Sampling) -> Generation:
+        """Plain-text completion (no template): BOS + the text, as in continued pre-training."""
+        ids = [self.tokenizer.bos_token_id, *self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+        if len(ids) >= self.context_length:
+            raise UserError(f"the prompt is {len(ids)} tokens; the model's context is {self.context_length}")
+        return Generation(self, ids, sampling, min(sampling.max_new_tokens, self.context_length - len(ids)), 0)
+
+    def chat_batch(self, conversations: list[list[Turn]], sampling: Sampling, system: Optional[str] = None,
+                   batch_size: int = 8) -> list[Reply]:
+        """Answers to many conversations, `batch_size` at a time with left padding (evaluation)."""
+        replies: list[Reply] = []
+        for start in range(0, len(conversations), batch_size):
+            chunk = [self.prompt_ids(c, sampling.max_new_tokens, system) for c in
+                     conversations[start:start + batch_size]]
+            room = min(r for _, _, r in chunk)
+            rows = self.submit(lambda: self.generate_ids([ids for ids, _, _ in chunk], sampling, room)).result()
+            for (ids, dropped, _), out in zip(chunk, rows):
+                replies.append(self._reply(ids, out, room, dropped, sampling.stop))
+        return replies
+
+    def _reply(self, prompt: list[int], out: list[int], room: int, dropped: int, stop: tuple[str, ...] = ()
+               ) -> Reply:
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        stopped = eos in out
+        if stopped:
+            out = out[: out.index(eos)]
+        elif pad != eos:
+            while out and out[-1] == pad:
+                out = out[:-1]
+        text = self.tokenizer.decode(out, skip_special_tokens=True).strip()
+        cut = cut_at_stop(text, stop)
+        if cut is not None:
+            text, stopped = cut, True
+        return Reply(text, "stop" if stopped or len(out) < room else "length", len(prompt), len(out), dropped)
+
+    @torch.no_grad()
+    def generate_ids(self, prompts: list[list[int]], sampling: Sampling, max_new_tokens: int,
+                     streamer: Any = None) -> list[list[int]]:
+        """Left-padded batch generation; returns the new token ids of each prompt (EOS and padding kept)."""
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.as_tensor(p)
+            mask[i, width - len(p):] = 1
+        if sampling.seed is not None and not sampling.greedy:
+            torch.manual_seed(sampling.seed)
+            if torch.cuda.is_available():
+                torch.cuda.manual_seed_all(sampling.seed)
+        out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                  max_new_tokens=max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
+                                  pad_token_id=pad, streamer=streamer, **sampling.generate_kwargs())
+        return out[:, width:].tolist()

@@ -1,0 +1,175 @@
+"""GGUF export of a merged Llama folder (llama2ft-merge output) for llama.cpp.
+
+Tensors are streamed: read one at a time from the safetensors and written straight into the file.
+Tokenizer: llama.cpp's "llama" (sentencepiece-style) tokenizer. Our tokenizers are byte-fallback BPE
+with `▁` for spaces, which is what that tokenizer implements; the BPE merges become scores (earlier
+merge = higher score), so its greedy highest-score merging reproduces the BPE merge order. llama.cpp's
+"gpt2" tokenizer would be wrong here: it expects byte-level (GPT-2 alphabet) BPE.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llama2ft.core.errors import UserError
+from llama2ft.publishing.safetensors_stream import TensorInfo, base_tensors, read_tensor
+
+QUANTS = ("f16", "q8_0", "f32")
+LAYER_NAMES = {  # HF suffix in model.layers.N -> GGUF name in blk.N
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+TOP_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+
+
+def gguf_name(hf: str) -> str:
+    if hf in TOP_NAMES:
+        return TOP_NAMES[hf]
+    parts = hf.split(".", 3)
+    if len(parts) == 4 and parts[:2] == ["model", "layers"] and parts[3] in LAYER_NAMES:
+        return f"blk.{parts[2]}.{LAYER_NAMES[parts[3]]}"
+    raise UserError(f"tensor {hf} has no GGUF Llama name (is the source a LlamaForCausalLM?)")
+
+
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF stores q/k rows with rotary halves split (rotate_half); llama.cpp's rope wants the original
+    interleaved pairs. Same permutation as llama.cpp's convert_hf_to_gguf.py (with n_head_kv for k)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def read_config(source: Path) -> dict:
+    path = source / "config.json"
+    if not path.is_file():
+        raise UserError(f"{source} has no config.json; pass source=<output folder of llama2ft-merge>")
+    cfg = json.loads(path.read_text())
+    if cfg.get("model_type") != "llama":
+        raise UserError(f"{source} is a {cfg.get('model_type')!r} model; only Llama models export to GGUF here")
+    return cfg
+
+
+def tensor_dtype(quant: str, info: TensorInfo) -> tuple[Any, int]:
+    """(GGML type, bytes) of one tensor: 1-D (norms) stay F32 as in llama.cpp's converter."""
+    from gguf import GGMLQuantizationType as Q
+
+    n = int(np.prod(info.shape))
+    if len(info.shape) == 1 or quant == "f32":
+        return Q.F32, n * 4
+    if quant == "q8_0" and info.shape[-1] % 32 == 0:
+        return Q.Q8_0, n // 32 * 34  # blocks of 32 int8 + one f16 scale
+    return Q.F16, n * 2
+
+
+def converted(name: str, info: TensorInfo, qtype: Any, cfg: dict) -> np.ndarray:
+    """The tensor as GGUF stores it (permuted for q/k, cast or quantized)."""
+    import torch
+    from gguf import GGMLQuantizationType as Q
+    from gguf import quants
+
+    w = read_tensor(info).to(torch.float32).numpy()
+    if name.endswith("attn_q.weight"):
+        w = permute_qk(w, cfg["num_attention_heads"])
+    elif name.endswith("attn_k.weight"):
+        w = permute_qk(w, cfg.get("num_key_value_heads") or cfg["num_attention_heads"])
+    if qtype == Q.Q8_0:
+        return quants.quantize(w, Q.Q8_0)
+    return np.ascontiguousarray(w.astype(np.float16 if qtype == Q.F16 else np.float32))
+
+
+def vocab_entries(source: Path, vocab_size: int) -> tuple[list[bytes], list[float], list[int], Any]:
+    """Tokens, scores, token types and the tokenizer (padded with unused tokens up to vocab_size)."""
+    from gguf import TokenType
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(source))
+    spec = json.loads((source / "tokenizer.json").read_text(encoding="utf-8")) if (source / "tokenizer.json").is_file() else None
+    model = (spec or {}).get("model", {})
+    if model.get("type") != "BPE" or not model.get("byte_fallback"):
+        raise UserError(f"{source}: only byte-fallback BPE tokenizers (tokenizer.json, Llama style) are supported")
+    rank = {}
+    for i, m in enumerate(model.get("merges", [])):
+        a, b = m if isinstance(m, list) else m.split(" ", 1)
+        rank.setdefault(a + b, i)
+    specials = {t.get("content") for t in spec.get("added_tokens", []) if t.get("special")}
+    by_id = {i: t for t, i in tok.get_vocab().items()}
+    tokens, scores, types = [], [], []
+    for i in range(vocab_size):
+        text = by_id.get(i)
+        if text is None:
+            tokens.append(f"[PAD{i}]".encode()); scores.append(-1e4); types.append(TokenType.UNUSED)
+            continue
+        tokens.append(text.encode("utf-8"))
+        scores.append(-float(rank[text] + 1) if text in rank else 0.0)
+        if i == tok.unk_token_id:
+            types.append(TokenType.UNKNOWN)
+        elif len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
+            types.append(TokenType.BYTE)
+        elif text in specials:
+            types.append(TokenType.CONTROL)
+        else:
+            types.append(TokenType.NORMAL)
+    return tokens, scores, types, tok
+
+
+def write_gguf(source: Path, output: Path, quant: str) -> int:
+    """Write the GGUF file (to `output`, caller makes it atomic); returns the number of tensors."""
+    import gguf
+
+    cfg = read_config(source)
+    tensors = base_tensors(source)
+    hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    rope = cfg.get("rope_parameters") or {}
+    w = gguf.GGUFWriter(str(output), "llama")
+    w.add_name(source.name)
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(hidden)
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_rope_dimension_count(cfg.get("head_dim") or hidden // heads)
+    w.add_head_count(heads)
+    w.add_head_count_kv(cfg.get("num_key_value_heads") or heads)
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_rope_freq_base(float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))))
+    w.add_vocab_size(cfg["vocab_size"])
+    w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant])
+    tokens, scores, types, tok = vocab_entries(source, cfg["vocab_size"])
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(tok.bos_token_id)
+    w.add_eos_token_id(tok.eos_token_id)
+    if tok.unk_token_id is not None:
+        w.add_unk_token_id(tok.unk_token_id)
+    w.add_pad_token_id(tok.pad_token_id if tok.pad_token_id is not None else tok.unk_token_id)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    w.add_add_space_prefix(False)  # our normalizer only maps ' ' to '▁'; it does not prepend one
+
+    plan = [(gguf_name(k), info, *tensor_dtype(quant, info)) for k, info in tensors.items()
+            if not k.endswith("rotary_emb.inv_freq")]
+    for name, info, qtype, nbytes in plan:
+        shape = list(info.shape)
+        if qtype == gguf.GGMLQuantizationType.Q8_0:
+            w.add_tensor_info(name, [*shape[:-1], shape[-1] // 32 * 34], np.dtype(np.uint8), nbytes, raw_dtype=qtype)
+        else:
+            w.add_tensor_info(name, shape, np.dtype(np.float16 if qtype == gguf.GGMLQuantizationType.F16
+                                                    else np.float32), nbytes)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    for name, info, qtype, _ in plan:  # one tensor in memory at a time
+        w.write_tensor_data(converted(name, info, qtype, cfg))
+    w.close()
+    return len(plan)

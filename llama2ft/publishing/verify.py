@@ -1,0 +1,63 @@
+"""Verification of a merged model: its logits against base + adapters through peft."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from llama2ft.core.errors import UserError
+from llama2ft.data.dialogue import Turn
+from llama2ft.data.templates import encode_prompt, get_template
+
+# Relative tolerance of the verification (max |diff| / max(1, max |logit|)) per output dtype.
+TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 1e-2}
+PROMPTS = ["你好，请介绍一下你自己。", "What is 12 plus 30?", "用一句话解释什么是机器学习。"]
+
+
+def prompt_ids(template_name: str, system: Optional[str], tok: Any) -> list[list[int]]:
+    """The verification prompts, rendered with the template that training used."""
+    try:
+        template = get_template(template_name, system)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    return [encode_prompt(template, tok, [Turn("human", p)]) for p in PROMPTS]
+
+
+def reference_model(base: Path, adapters: list[Path], vocab: int) -> Any:
+    """float32 base + adapters through peft: all but the last merged in turn, the last one live."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    if model.get_input_embeddings().weight.shape[0] != vocab:
+        model.resize_token_embeddings(vocab)  # the adapter saved resized embeddings/head
+    for i, path in enumerate(adapters):
+        model = PeftModel.from_pretrained(model, str(path))
+        if i < len(adapters) - 1:
+            model = model.merge_and_unload()
+    return model.eval()
+
+
+def verify(base: Path, adapters: list[Path], merged: Path, ids: list[list[int]], vocab: int,
+           rel_tol: float) -> tuple[float, float]:
+    """Max |logit difference| of merged vs base+adapters and the tolerance used; UserError if over."""
+    import gc
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    def logits(model: Any) -> list[Any]:
+        with torch.no_grad():
+            return [model(input_ids=torch.tensor([x])).logits[0].float() for x in ids]
+
+    ref = logits(reference_model(base, adapters, vocab))
+    gc.collect()  # free the reference before loading the merged copy
+    # loaded in float32 so that only the weights' rounding to the output dtype shows, not half-precision math
+    got = logits(AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32).eval())
+    scale = max(1.0, max(float(r.abs().max()) for r in ref))
+    diff = max(float((r - g).abs().max()) for r, g in zip(ref, got))
+    tol = rel_tol * scale
+    if not diff <= tol:
+        raise UserError(f"verification failed: merged logits differ from base+adapter by up to {diff:.4g} "
+                        f"(tolerance {tol:.3g}); nothing was written")
+    return diff, tol

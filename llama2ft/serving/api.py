@@ -1,0 +1,191 @@
+"""The OpenAI-compatible HTTP API of `llama2ft-serve`, on the training template.
+
+Endpoints: POST /v1/chat/completions and /v1/completions (both with `stream`), GET /v1/models, /health.
+Extra sampling fields `top_k` and `repetition_penalty` go in the request body (openai: `extra_body=`).
+Concurrent requests wait their turn for the model (the generation core's queue): each is answered as if
+it were alone, and one request's tokens never reach another's stream.
+"""
+# No `from __future__ import annotations`: FastAPI reads the handlers' real annotations.
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Iterator, Optional
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+
+from llama2ft.core.errors import UserError
+from llama2ft.inference.engine import ChatModel, Generation
+from llama2ft.inference.messages import message_text, to_turns
+from llama2ft.inference.sampling import Sampling
+from llama2ft.serving.api_models import ChatRequest, Common, CompletionRequest, error_response
+
+
+@dataclass
+class Served:
+    """What the handlers serve, kept on `app.state.served`."""
+
+    chat: ChatModel
+    defaults: Sampling
+    name: str
+    api_key: Optional[str]
+
+
+class Unauthorized(Exception):
+    pass
+
+
+def create_app(chat: ChatModel, defaults: Sampling, served_name: str, api_key: Optional[str] = None) -> FastAPI:
+    app = FastAPI(title="llama2ft", version="1")
+    app.state.served = Served(chat, defaults, served_name, api_key)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(UserError, _user_error)
+    app.add_exception_handler(Unauthorized, _unauthorized)
+    v1 = [Depends(_authorized)]
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/v1/models", models, methods=["GET"], dependencies=v1)
+    app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"], dependencies=v1)
+    app.add_api_route("/v1/completions", completions, methods=["POST"], dependencies=v1)
+    return app
+
+
+# ---------------------------------------------------------------- errors and auth
+async def _invalid(_: Request, exc: RequestValidationError) -> Any:
+    parts = [f"{'.'.join(str(x) for x in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()]
+    return error_response(400, "; ".join(parts) or "invalid request")
+
+
+async def _user_error(_: Request, exc: UserError) -> Any:
+    return error_response(400, str(exc))
+
+
+async def _unauthorized(_: Request, exc: Unauthorized) -> Any:
+    return error_response(401, "invalid or missing API key (Authorization: Bearer ...)", "authentication_error")
+
+
+def _authorized(request: Request) -> None:
+    # a dependency, not an HTTP middleware: Starlette's middleware re-wraps every streamed chunk
+    key = request.app.state.served.api_key
+    if key and request.headers.get("authorization", "") != f"Bearer {key}":
+        raise Unauthorized()
+
+
+# ---------------------------------------------------------------- helpers
+def sampling_of(req: Common, defaults: Sampling) -> Sampling:
+    """The request's sampling settings over the server's defaults; bad values are one UserError."""
+    if req.n != 1:
+        raise UserError("n: only n=1 is supported")
+    given = req.max_completion_tokens or req.max_tokens
+
+    def pick(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
+    samp = Sampling(
+        temperature=pick(req.temperature, defaults.temperature), top_p=pick(req.top_p, defaults.top_p),
+        top_k=pick(req.top_k, defaults.top_k),
+        repetition_penalty=pick(req.repetition_penalty, defaults.repetition_penalty),
+        max_new_tokens=pick(given, defaults.max_new_tokens), do_sample=defaults.do_sample,
+        seed=pick(req.seed, defaults.seed), stop=(req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ()))
+    problems = samp.problems()
+    if problems:
+        raise UserError("; ".join(p.replace("max_new_tokens", "max_tokens") for p in problems))
+    return samp
+
+
+def usage(gen: Generation) -> dict:
+    r = gen.reply
+    return {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+            "total_tokens": r.prompt_tokens + r.completion_tokens}
+
+
+def sse(chunks: Iterator[dict], gen: Generation) -> StreamingResponse:
+    """Server-sent events. The generation thread hands each chunk straight to the event loop: a sync
+    iterator would cost a thread-pool round trip per token, taken from generation's GIL time."""
+    async def body() -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue = asyncio.Queue()
+
+        def pump() -> None:
+            try:
+                for chunk in chunks:
+                    loop.call_soon_threadsafe(pieces.put_nowait, chunk)
+            finally:
+                loop.call_soon_threadsafe(pieces.put_nowait, None)
+
+        loop.run_in_executor(None, pump)
+        try:
+            while (chunk := await pieces.get()) is not None:
+                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            gen.cancel()  # the client went away (or all is sent): stop generating for it
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _head(kind: str, prefix: str, name: str) -> dict:
+    return {"id": f"{prefix}-{uuid.uuid4().hex[:24]}", "object": kind, "created": int(time.time()), "model": name}
+
+
+# ---------------------------------------------------------------- endpoints
+def health(request: Request) -> dict:
+    return {"status": "ok", "model": request.app.state.served.name}
+
+
+def models(request: Request) -> dict:
+    name = request.app.state.served.name
+    return {"object": "list", "data": [{"id": name, "object": "model", "created": int(time.time()),
+                                        "owned_by": "llama2ft"}]}
+
+
+def chat_completions(req: ChatRequest, request: Request) -> Any:
+    served: Served = request.app.state.served
+    samp = sampling_of(req, served.defaults)
+    system = None
+    pairs = []
+    for m in req.messages:
+        text = message_text(m.content)
+        if m.role in ("system", "developer"):
+            system = text
+        else:
+            pairs.append((m.role, text))
+    gen = served.chat.stream(to_turns(pairs), samp, system)  # renders and checks the prompt before streaming
+    head = _head("chat.completion.chunk", "chatcmpl", served.name)
+    if req.stream:
+        def chunks() -> Iterator[dict]:
+            yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                        "finish_reason": None}]}
+            for piece in gen:
+                yield {**head, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+            yield {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": gen.reply.finish_reason}],
+                   "usage": usage(gen)}
+        return sse(chunks(), gen)
+    reply = gen.run()
+    return {**head, "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
+                         "finish_reason": reply.finish_reason}], "usage": usage(gen)}
+
+
+def completions(req: CompletionRequest, request: Request) -> Any:
+    served: Served = request.app.state.served
+    samp = sampling_of(req, served.defaults)
+    prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+    if len(prompts) != 1:
+        raise UserError("prompt: give one prompt (a string)")
+    if not prompts[0].strip():
+        raise UserError("prompt: the prompt is empty")
+    gen = served.chat.stream_raw(prompts[0], samp)
+    head = _head("text_completion", "cmpl", served.name)
+    if req.stream:
+        def chunks() -> Iterator[dict]:
+            for piece in gen:
+                yield {**head, "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}]}
+            yield {**head, "choices": [{"index": 0, "text": "", "logprobs": None,
+                                        "finish_reason": gen.reply.finish_reason}], "usage": usage(gen)}
+        return sse(chunks(), gen)
+    reply = gen.run()
+    return {**head, "choices": [{"index": 0, "text": reply.text, "logprobs": None,
+                                 "finish_reason": reply.finish_reason}], "usage": usage(gen)}

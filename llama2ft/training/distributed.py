@@ -1,0 +1,85 @@
+"""Helpers for `accelerate launch` / `torchrun`: one shared run folder, main-process-only writes and a
+clean teardown of the process group."""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    """This process's index on its machine (its GPU)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def _init_process_group() -> None:
+    if dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+
+
+def pin_hydra_dirs(argv: list[str], task_name: str) -> list[str]:
+    """Hydra computes its own `${now:...}` run folder in every process; under a multi-process launch
+    rank 0 picks the folder and broadcasts it so all ranks write to the same place. Ranks other than
+    0 also skip writing Hydra's own .hydra/ files and log file. Returns the argv to hand to Hydra."""
+    if world_size() <= 1:
+        return argv
+    _init_process_group()  # accelerate/Trainer reuse this group
+    stamp = [datetime.now().strftime("%Y-%m-%d_%H-%M-%S") if is_main_process() else None]
+    dist.broadcast_object_list(stamp, src=0)
+    argv = list(argv)
+    keys = {a.split("=", 1)[0] for a in argv}
+    if "hydra.run.dir" not in keys:
+        argv.append(f"hydra.run.dir=outputs/{task_name}/{stamp[0]}")
+    if "hydra.sweep.dir" not in keys:
+        argv.append(f"hydra.sweep.dir=outputs/{task_name}/multirun/{stamp[0]}")
+    if not is_main_process():
+        argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    return argv
+
+
+@contextmanager
+def main_process_first() -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. builds files); the other ranks run it after, reusing them."""
+    if world_size() <= 1 or not dist.is_initialized():
+        yield
+        return
+    if not is_main_process():
+        dist.barrier()
+    yield
+    if is_main_process():
+        dist.barrier()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def teardown(clean: bool = True) -> None:
+    """Without this, runs on gloo sometimes abort at exit (`terminate called without an active exception`).
+    After a failure there is no barrier: the other ranks may never reach it."""
+    if dist.is_available() and dist.is_initialized():
+        if clean:
+            dist.barrier()
+        dist.destroy_process_group()
