@@ -115,24 +115,6 @@ def _print_report(cfg: DictConfig, report: dict, figures: dict, n_sample: int, n
         print(f"  {names[key]:<22} {before:7.3f} {after:7.3f}  {after / before - 1:+7.1%}", flush=True)
 
 
-def _print_report(cfg: DictConfig, report: dict, figures: dict, n_sample: int, n_heldout: int, secs: float) -> None:
-    added, size = report["added"], report["size"]
-    print(f"base {cfg.base}: {report['base_size']} pieces -> {size} (+{added}: {report['added_characters']} "
-          f"characters, {added - report['added_characters']} multi-character pieces) in {secs:.1f} s", flush=True)
-    if size < cfg.vocab_size:
-        print(f"note: the corpus yields only {added} new pieces with min_frequency={cfg.min_frequency}: "
-              f"{size} pieces, fewer than vocab_size={cfg.vocab_size}", flush=True)
-    if report["cjk_runs_joined"]:
-        print("the base pre-tokenizer isolated every Chinese character; it now isolates runs of them "
-              "(the old merges encode as before)", flush=True)
-    print(f"ids of all {report['base_size']} existing pieces unchanged; {report['round_trip_exact']} of "
-          f"{report['texts_checked']} texts round-trip exactly (none fewer than with the base)", flush=True)
-    print("tokens per character      before   after   change", flush=True)
-    names = {"corpus": f"corpus ({n_sample} texts)", "heldout": f"held-out ({n_heldout} texts)"}
-    for key, (before, after) in figures.items():
-        print(f"  {names[key]:<22} {before:7.3f} {after:7.3f}  {after / before - 1:+7.1%}", flush=True)
-
-
 main = hydra_command("vocab", run_vocab, from_store=True)
 
 if __name__ == "__main__":
