@@ -1,6 +1,6 @@
 """Rows and batches for bench/train_throughput.py: the community-format rows (shared csv or generated),
 encoded with llama2ft's `encode_dialogue`, and the two ways of batching them (baseline: padded, one sample
-per sequence; llama2ft: packed rows with position_ids), with the counts the figures need per batch."""
+per sequence; llama2ft: packed rows whose samples restart their positions), with the counts the figures need per batch."""
 from __future__ import annotations
 
 import argparse
@@ -100,7 +100,6 @@ def packed_batches(samples: list[tuple[list[int], list[int]]], rows: int, capaci
     collate, out = PackedCollator(pad_id), []
     for i in range(0, len(feats), rows):
         group = feats[i:i + rows]
-        starts = [[j for j, p in enumerate(f["position_ids"]) if p == 0] + [len(f["position_ids"])] for f in group]
-        lengths = [b - a for st in starts for a, b in zip(st, st[1:])]  # samples restart positions at 0
+        lengths = [n for f in group for n in f["seq_lens"]]  # samples restart positions at 0
         out.append(_batch(collate(group), lengths, len(lengths)))
     return out

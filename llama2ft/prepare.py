@@ -13,21 +13,23 @@ from omegaconf import DictConfig
 from llama2ft.config.hydra_app import hydra_command
 from llama2ft.config.validation import validate
 from llama2ft.data.encode import summary_line, write_stats
-from llama2ft.data.pipeline import Prepared, read_inputs, tokenize_inputs
+from llama2ft.data.pipeline import Prepared, prepare_data
+from llama2ft.data.preview import describe_first, write_preview
 from llama2ft.data.templates import get_template
 from llama2ft.model.loading import load_tokenizer
 
 
 def run_prepare(cfg: DictConfig) -> Prepared:
     validate(cfg)
-    train_rows, eval_rows = read_inputs(cfg.data, cfg.trainer.seed)
     tokenizer = load_tokenizer(cfg.model)
     template = get_template(cfg.template.name, cfg.template.system)
-    prepared = tokenize_inputs(cfg.data, template, tokenizer, train_rows, eval_rows, cfg.trainer.seed)
+    prepared = prepare_data(cfg.data, template, tokenizer, cfg.trainer.seed)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     write_stats(prepared.stats, out_dir)
+    write_preview(prepared.preview, out_dir)
     print(summary_line(prepared.stats), flush=True)
-    print(f"wrote {out_dir / 'data_stats.json'}", flush=True)
+    print(describe_first(tokenizer, prepared.preview), flush=True)
+    print(f"wrote {out_dir / 'data_stats.json'} and {out_dir / 'preview.jsonl'}", flush=True)
     return prepared
 
 

@@ -51,6 +51,23 @@ def tokenizer():
     return tok
 
 
+@pytest.fixture(scope="session")
+def real_tokenizer():
+    """The real Llama-2 tokenizer (../shared/data/llama2-tokenizer), as llama2ft loads it."""
+    from llama2ft.model.loading import open_tokenizer
+
+    path = SHARED_DATA / "llama2-tokenizer"
+    if not (path / "tokenizer.json").is_file():
+        pytest.skip(f"{path} not present (the real Llama-2 tokenizer lives in ../shared/data beside the checkout)")
+    return open_tokenizer(str(path), need_bos_eos=True)
+
+
+@pytest.fixture(scope="session", params=["embedded", "llama2"])
+def any_tokenizer(request, tokenizer):
+    """Each test that takes it runs on the embedded tokenizer and on the real Llama-2 one."""
+    return tokenizer if request.param == "embedded" else request.getfixturevalue("real_tokenizer")
+
+
 def run_cli(module: str, *args: str, env: dict | None = None, timeout: int = 600, cwd: Path | None = None,
             launcher: list[str] | None = None) -> subprocess.CompletedProcess:
     """Run `python -m llama2ft.<module> args...` (or under `launcher`) and capture its output."""

@@ -24,7 +24,7 @@ def test_groups_have_the_documented_options():
     assert set(options("lora")) >= {"r8", "r16", "r64", "full"}
     assert set(options("quant")) == {"none", "int8", "nf4"}
     assert set(options("data")) >= {"sample", "csv"}
-    assert set(options("template")) == {"human_assistant", "llama2_inst"}
+    assert set(options("template")) == {"human_assistant", "llama2_inst", "chat_template"}
     assert set(options("logger")) == {"none", "wandb", "tensorboard"}
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import compose, run_cli
 from llama2ft.core.errors import DataError
-from llama2ft.data.pipeline import read_inputs, tokenize_inputs
+from llama2ft.data.pipeline import check_inputs, prepare_data
 from llama2ft.data.templates import get_template
 
 GOOD = "<s>Human: 你好\n</s><s>Assistant: 你好！\n</s>"
@@ -27,9 +27,8 @@ def data_cfg(path, *extra):
 
 
 def prepare(cfg, tokenizer):
-    train, evals = read_inputs(cfg.data, cfg.trainer.seed)
     template = get_template(cfg.template.name, cfg.template.system)
-    return tokenize_inputs(cfg.data, template, tokenizer, train, evals, cfg.trainer.seed)
+    return prepare_data(cfg.data, template, tokenizer, cfg.trainer.seed)
 
 
 CASES = {
@@ -53,7 +52,7 @@ def test_bad_input_names_file_and_what(tmp_path, case):
     path = tmp_path / "bad.csv"
     make(path)
     with pytest.raises(DataError) as info:
-        read_inputs(data_cfg(path).data, 0)
+        check_inputs(data_cfg(path).data, 0)
     message = str(info.value)
     assert str(path) in message and needle in message, message
 
@@ -66,8 +65,8 @@ def test_skip_bad_rows_counts_them(tmp_path, tokenizer):
 
 def test_gbk_decodes_when_told(tmp_path, tokenizer):
     path = write_csv(tmp_path / "gbk.csv", [GOOD], encoding="gbk")
-    train, _ = read_inputs(data_cfg(path, "data.encoding=gbk").data, 0)
-    assert train.items[0][1][1].text == "你好！"
+    prepared = prepare(data_cfg(path, "data.encoding=gbk"), tokenizer)
+    assert prepared.stats["rows"] == 1 and "你好！" in tokenizer.decode(prepared.train[0]["input_ids"])
 
 
 def test_bom_extra_columns_and_long_rows_just_work(tmp_path, tokenizer):

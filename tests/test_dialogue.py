@@ -174,3 +174,33 @@ def test_every_real_row_parses_and_round_trips(name):
     if name == "dev_sft_sharegpt.csv":
         assert any(turns[-1].role == HUMAN for _, turns in dialogues)  # unanswered last question
         assert any(a.role == b.role == HUMAN for _, turns in dialogues for a, b in zip(turns, turns[1:]))
+
+
+FAST_PATH_CASES = [SINGLE, MULTI, "<s>Human: \n</s><s>Assistant: 答\n</s>", "<s>Human: a\r\n</s><s>Assistant: b\r\n</s>",
+                   "<s>Human:  两个空格\n</s><s>Assistant:   三个空格 \n</s>", "<s>human: a\n</s><s>assistant: b\n</s>",
+                   "<s>Human: a\n</s>\n<s>Assistant: b\n</s>", "<s>Human: a\n</s><s>Assistant: \n</s>",
+                   "<s>Assistant: b\n</s><s>Human: a\n</s>", "<s>Human: a\n</s><s>Human: b\n</s><s>Assistant: c\n</s>",
+                   "<s>Human: a\n</s><s>Assistant: b\n</s><s>Human: 没回答\n</s>", "<s>Human: a<s>\n</s>"]
+
+
+@pytest.mark.parametrize("text", FAST_PATH_CASES)
+def test_the_canonical_fast_path_agrees_with_the_full_parser(text):
+    from llama2ft.data.dialogue import DialogueFormatError, _parse_canonical, _parse_full
+
+    fast = _parse_canonical(text)
+    try:
+        full = _parse_full(text)
+    except DialogueFormatError:
+        full = None
+    assert fast is None or fast == full
+
+
+@pytest.mark.parametrize("name", ["dev_sft.csv", "dev_sft_sharegpt.csv"])
+def test_real_rows_take_the_fast_path_with_the_same_turns(name):
+    from llama2ft.data.dialogue import _parse_canonical, _parse_full
+
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"real sample data not available at {path}")
+    for n, cell in read_column(path):
+        assert _parse_canonical(cell) == _parse_full(cell), f"row {n}"

@@ -10,7 +10,7 @@ import torch
 from llama2ft.data.dialogue import Turn, format_dialogue
 from llama2ft.core.errors import DataError
 from llama2ft.evaluation.loss import loss_on_csv
-from llama2ft.data.templates import get_template
+from llama2ft.data.templates import IGNORE_INDEX, get_template
 
 DIALOGUES = [
     [Turn("human", "请用中文写出数字 407。"), Turn("assistant", "四百零七")],
@@ -36,21 +36,13 @@ def model(tokenizer):
 def _by_hand(model, tok, template, dialogues, max_seq_len: int) -> tuple[list[float], list[int]]:
     """Per dialogue: the summed loss of its answer tokens (answer text + EOS, not the prompt) that fit
     in max_seq_len, and their number; each dialogue alone, without padding."""
+    from llama2ft.data.templates import encode_dialogue
+
     sums, counts = [], []
     for turns in dialogues:
-        ids: list[int] = []
-        answer_positions: list[int] = []
-        asked = 0
-        for turn in turns:
-            if turn.role == "human":
-                ids += template.human_ids(tok, turn.text, asked)
-                asked += 1
-            else:
-                ids += template.answer_prefix(tok)
-                answer = template.answer_ids(tok, turn.text)
-                answer_positions += range(len(ids), len(ids) + len(answer))
-                ids += answer
-        ids = ids[:max_seq_len]
+        enc = encode_dialogue(template, tok, turns)
+        ids = enc.input_ids[:max_seq_len]
+        answer_positions = [i for i, lab in enumerate(enc.labels) if lab != IGNORE_INDEX]
         positions = [p for p in answer_positions if p < max_seq_len]
         if not positions:
             continue
@@ -79,11 +71,11 @@ def test_token_mean_loss_matches_hand_computation(model, tokenizer, template):
 def test_truncation_as_in_training(model, tokenizer):
     template = get_template("human_assistant")
     # At 24 tokens the first, third and fourth answers are cut short (the third dialogue loses its
-    # second answer) and the second dialogue, whose answer starts at token 25, is dropped.
+    # second answer) and the second dialogue, whose answer (its leading space) is token 25, is dropped.
     sums, counts = _by_hand(model, tokenizer, template, DIALOGUES, 24)
-    assert counts == [3, 14, 2]
+    assert counts == [4, 15, 3]
     result = loss_on_csv(model, tokenizer, template, DIALOGUES, max_seq_len=24, batch_size=4)
-    assert result["tokens"] == 19 and result["rows"] == 3
+    assert result["tokens"] == 22 and result["rows"] == 3
     assert result["loss"] == pytest.approx(sum(sums) / sum(counts), rel=1e-5)
     with pytest.raises(DataError, match="no row has an answer token within max_seq_len=3"):
         loss_on_csv(model, tokenizer, template, DIALOGUES, max_seq_len=3, batch_size=4)

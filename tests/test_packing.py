@@ -22,8 +22,11 @@ def test_pack_bins_fills_without_overflow():
 def test_packed_columns_reset_positions_and_mask_boundaries():
     cols = pack_columns([[1, 5, 6], [1, 7]], [[1, 5, 6], [1, 7]], capacity=8)
     assert cols["input_ids"] == [[1, 5, 6, 1, 7]]
-    assert cols["position_ids"] == [[0, 1, 2, 0, 1]]
+    assert cols["seq_lens"] == [[3, 2]]
     assert cols["labels"] == [[IGNORE_INDEX, 5, 6, IGNORE_INDEX, 7]]
+    batch = PackedCollator(0)([dict(zip(cols, vals)) for vals in zip(*cols.values())])
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2]]  # padded to 8: padding is its own run
+    assert "attention_mask" not in batch
 
 
 def tiny_lora_model(seed: int = 0):

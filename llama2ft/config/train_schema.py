@@ -68,11 +68,12 @@ class DataConfig:
     group_by_length: bool = True  # without packing: batch rows of similar length (less padding)
     cache: bool = True  # reuse tokenized data keyed by file contents, tokenizer, template and these settings
     cache_dir: Optional[str] = None  # None: $LLAMA2FT_CACHE_DIR or ~/.cache/llama2ft/data
+    preview_rows: int = 5  # rows of each split written to preview.jsonl (token ids and labels)
 
 
 @dataclass
 class TemplateConfig:
-    name: str = "human_assistant"  # human_assistant | llama2_inst
+    name: str = "human_assistant"  # human_assistant | llama2_inst | chat_template (the tokenizer's own)
     system: Optional[str] = None  # system prompt, used by llama2_inst
 
 

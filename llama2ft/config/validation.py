@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from llama2ft.core.errors import ConfigError
 from llama2ft.core.files import is_local_path
+from llama2ft.data.pipeline import PREVIEW_KEPT
 from llama2ft.data.templates import TEMPLATE_NAMES
 from llama2ft.model.loading import DTYPE_CHOICES, DTYPES, PRECISIONS, QUANT_MODES
 
@@ -64,6 +65,8 @@ def collect_problems(cfg: DictConfig) -> list[str]:
     if d.max_seq_len < 16:
         p.append(f"data.max_seq_len={d.max_seq_len}: must be >= 16")
     _one_of(p, "data.format", d.format, ("dialogue", "raw"))
+    if not 0 <= d.preview_rows <= PREVIEW_KEPT:
+        p.append(f"data.preview_rows={d.preview_rows}: must be in [0, {PREVIEW_KEPT}]")
     if not d.text_column:
         p.append("data.text_column: must not be empty")
     _one_of(p, "template.name", t.name, TEMPLATE_NAMES)

@@ -1,4 +1,5 @@
-"""Preprocessing cache: tokenized (and packed) datasets keyed by everything that shapes them."""
+"""Preprocessing cache: tokenized (and packed) splits keyed by everything that shapes them; an entry
+is a folder that appears under its key only once complete (see `pipeline.prepare_data`)."""
 from __future__ import annotations
 
 import hashlib
@@ -7,11 +8,10 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from llama2ft.core.files import atomic_dir
-
-CACHE_VERSION = 1  # bump when the data step's output changes for the same inputs
+CACHE_VERSION = 2  # bump when the data step's output changes for the same inputs
+STATS_FILE = "stats.json"
 # data.* keys that do not change the tokenized result (the files count through their contents)
-_NOT_KEYED = ("cache", "cache_dir", "train_file", "eval_file")
+_NOT_KEYED = ("cache", "cache_dir", "train_file", "eval_file", "preview_rows")
 
 
 def default_cache_dir() -> Path:
@@ -53,23 +53,10 @@ def cache_path(cache_dir: Optional[str], key: str) -> Path:
     return (Path(cache_dir) if cache_dir else default_cache_dir()) / key
 
 
-def load(path: Path) -> Optional[tuple[Any, Optional[Any], dict]]:
-    """(train, eval, stats) from a complete cache entry, or None."""
-    if not (path / "stats.json").is_file():
-        return None
-    from datasets import load_from_disk
-
-    stats = json.loads((path / "stats.json").read_text(encoding="utf-8"))
-    train = load_from_disk(str(path / "train"))
-    evals = load_from_disk(str(path / "eval")) if (path / "eval").is_dir() else None
-    return train, evals, stats
+def is_complete(path: Path) -> bool:
+    """An entry is published (renamed into place) only once complete: its stats file says so."""
+    return (path / STATS_FILE).is_file()
 
 
-def save(path: Path, train: Any, evals: Optional[Any], stats: dict) -> None:
-    """Write atomically: a folder that exists under its final name is complete; when another
-    process finished the same entry first, its copy is kept."""
-    with atomic_dir(path, exists="keep") as tmp:
-        train.save_to_disk(str(tmp / "train"))
-        if evals is not None:
-            evals.save_to_disk(str(tmp / "eval"))
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
+def write_stats(path: Path, stats: dict) -> None:
+    (path / STATS_FILE).write_text(json.dumps(stats, indent=2, ensure_ascii=False), encoding="utf-8")

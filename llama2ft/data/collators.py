@@ -34,13 +34,14 @@ class PadCollator:
 
 
 class PackedCollator(PadCollator):
-    """Pads packed rows to the batch's longest; padding forms its own position run and is never trained.
-    No attention mask: transformers detects packed rows from `position_ids` only when none is given."""
+    """Pads packed rows to the batch's longest. Each sample's positions start again at 0 (from the
+    row's `seq_lens`); padding forms its own position run and is never trained. No attention mask:
+    transformers detects packed rows from `position_ids` only when none is given."""
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         ids, labels, lengths = self.pad(features)
-        positions = torch.arange(ids.shape[1], dtype=torch.long).repeat(len(features), 1)
+        positions = torch.empty_like(ids)
         for i, (f, n) in enumerate(zip(features, lengths)):
-            positions[i, :n] = torch.as_tensor(f["position_ids"])
-            positions[i, n:] = torch.arange(ids.shape[1] - n)
+            runs = [*f["seq_lens"], ids.shape[1] - n] if ids.shape[1] > n else list(f["seq_lens"])
+            positions[i] = torch.cat([torch.arange(int(k)) for k in runs])
         return {"input_ids": ids, "labels": labels, "position_ids": positions}

@@ -1,16 +1,20 @@
 """Read columns of a user's csv file, with clear errors for the usual mistakes.
 
-Pure stdlib so it can run (and fail fast) before any model is loaded.
+The file is decoded as it is read (memory does not grow with its size); when decoding fails, the
+whole file is examined once to say which encoding it most likely has. Pure stdlib so it can run
+(and fail fast) before any model is loaded.
 """
 from __future__ import annotations
 
 import codecs
 import csv
-import io
+import itertools
 import os
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 from llama2ft.core.errors import DataError
 from llama2ft.core.text import CJK_CHAR
@@ -40,10 +44,22 @@ def read_column(
     ``encoding=None`` means UTF-8 with an optional BOM; otherwise any Python codec name.
     Raises DataError naming the path (and row/line) for anything unusable.
     """
+    return list(iter_column(path, column, encoding))
+
+
+def iter_column(
+    path: str | os.PathLike[str], column: str = "text", encoding: str | None = None
+) -> Iterator[tuple[int, str]]:
+    """`read_column` one row at a time (for files too large to hold): same rows, same errors, the
+    errors of a row raised when the reading reaches it."""
     shown = os.fspath(path)
-    header, rows = _header_and_rows(shown, encoding, f"containing a {column!r} column")
-    index = _column_index(shown, header, column)
-    return _some(shown, [(n, fields[index] if index < len(fields) else "") for n, fields in rows])
+    with _open_csv(shown, encoding, f"containing a {column!r} column") as (header, rows):
+        index = _column_index(shown, header, column)
+        count = 0
+        for count, fields in rows:
+            yield count, fields[index] if index < len(fields) else ""
+        if not count:
+            raise DataError(f"{shown} has a header but no data rows")
 
 
 def read_columns(
@@ -58,16 +74,17 @@ def read_columns(
     left out of the dicts (present but short rows give ""). Same decoding and errors as `read_column`.
     """
     shown = os.fspath(path)
-    header, rows = _header_and_rows(shown, encoding, f"naming the columns {_names(required)}")
-    names = [name.strip() for name in header]
-    missing = [c for c in required if c not in names]
-    if missing:
-        found = ", ".join(repr(name) for name in header)
-        raise DataError(f"{shown} has no column {_names(missing)}; columns found: {found}")
-    indices = {c: _column_index(shown, header, c) for c in (*required, *optional) if c in names}
-
-    return _some(shown, [(n, {c: fields[i] if i < len(fields) else "" for c, i in indices.items()})
-                         for n, fields in rows])
+    with _open_csv(shown, encoding, f"naming the columns {_names(required)}") as (header, rows):
+        names = [name.strip() for name in header]
+        missing = [c for c in required if c not in names]
+        if missing:
+            found = ", ".join(repr(name) for name in header)
+            raise DataError(f"{shown} has no column {_names(missing)}; columns found: {found}")
+        indices = {c: _column_index(shown, header, c) for c in (*required, *optional) if c in names}
+        out = [(n, {c: fields[i] if i < len(fields) else "" for c, i in indices.items()}) for n, fields in rows]
+    if not out:
+        raise DataError(f"{shown} has a header but no data rows")
+    return out
 
 
 def read_lines_or_column(path: str | os.PathLike[str], column: str = "text", encoding: str | None = None,
@@ -93,24 +110,62 @@ def read_lines_or_column(path: str | os.PathLike[str], column: str = "text", enc
 def read_header(path: str | os.PathLike[str], encoding: str | None = None) -> list[str]:
     """The column names of the csv at ``path`` (decoded as `read_column` does)."""
     shown = os.fspath(path)
-    header, _ = _header_and_rows(shown, encoding, "")
-    return [name.strip() for name in header]
+    with _open_csv(shown, encoding, "") as (header, _):
+        return [name.strip() for name in header]
 
 
-def _header_and_rows(shown: str, encoding: str | None, expected: str) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
-    """The header and an iterator over the data rows; an empty file is a DataError (`expected` says why)."""
-    text = _decode(shown, _read_bytes(shown), encoding)
-    if not text.strip():
-        raise DataError(f"{shown} is empty; expected a csv with a header row {expected}".rstrip())
-    rows = _rows(shown, text)
-    _, header = next(rows)  # exists: the text is not blank
-    return header, rows
+@contextmanager
+def _open_csv(shown: str, encoding: str | None, expected: str) -> Iterator[tuple[list[str], Iterator[tuple[int, list[str]]]]]:
+    """The header and an iterator over the data rows of a csv decoded as it is read; an empty file
+    is a DataError (`expected` says why), and so is anything that cannot be decoded."""
+    codec = _text_codec(shown, encoding)
+    try:
+        f = open(shown, encoding=codec, newline="")  # newline="": line breaks inside quoted cells stay intact
+    except OSError as exc:
+        raise DataError(f"cannot read {shown}: {exc.strerror or exc}") from None
+    with f:
+        rows = _rows(shown, f, encoding)
+        first = next(rows, None)
+        second = next(rows, None) if first is not None and not "".join(first[1]).strip() else None
+        if first is None or (second is None and not "".join(first[1]).strip()):  # nothing but whitespace
+            raise DataError(f"{shown} is empty; expected a csv with a header row {expected}".rstrip())
+        if second is not None:
+            rows = itertools.chain([second], rows)
+        header = first[1]
+        if header and header[0].startswith("\ufeff"):  # some codecs (gb18030, utf-16 LE/BE) keep the BOM
+            header[0] = header[0][1:]
+        yield header, rows
 
 
-def _some(shown: str, out: list) -> list:
-    if not out:
-        raise DataError(f"{shown} has a header but no data rows")
-    return out
+def _text_codec(path: str, encoding: str | None) -> str:
+    """The codec to read `path` with; the errors that show in its first bytes are raised here."""
+    if os.path.isdir(path):
+        raise DataError(f"{path} is a directory, not a csv file; set the path to a .csv file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist; check the data file path") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if encoding is None:
+        if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            raise DataError(f"{path} is not UTF-8; it looks UTF-16-encoded: set data.encoding=utf-16 "
+                            "(or convert it to UTF-8)")
+        if b"\x00" in head:
+            raise DataError(_binary_message(path))
+        return "utf-8-sig"
+    try:
+        info = codecs.lookup(encoding)
+    except LookupError:
+        raise DataError(
+            f"unknown encoding {encoding!r} for {path} (data.encoding); "
+            "use a Python codec name such as utf-8 or gbk"
+        ) from None
+    if not getattr(info, "_is_text_encoding", True):  # e.g. "base64": a codec, but not a text encoding
+        raise DataError(f"{encoding!r} is not a text encoding (data.encoding for {path})")
+    # An explicit utf-8 must still accept the BOM that Excel writes.
+    return "utf-8-sig" if info.name == "utf-8" else info.name
 
 
 def _names(columns: tuple[str, ...] | list[str]) -> str:
@@ -204,12 +259,12 @@ def _line_of(raw: bytes, offset: int) -> int:
     return raw.count(b"\n", 0, offset) + 1
 
 
-def _rows(path: str, text: str) -> Iterator[tuple[int, list[str]]]:
-    """Yield ``(row_number, fields)``, header as row 0, blank lines skipped; csv.Error -> DataError."""
+def _rows(path: str, f: TextIO, encoding: str | None) -> Iterator[tuple[int, list[str]]]:
+    """Yield ``(row_number, fields)``, header as row 0, blank lines skipped; csv.Error, undecodable
+    bytes and NUL characters -> DataError."""
     if csv.field_size_limit() < _FIELD_SIZE_LIMIT:
         csv.field_size_limit(_FIELD_SIZE_LIMIT)
-    # newline="" keeps line breaks inside quoted cells intact, as the csv module requires.
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    reader = csv.reader(f, strict=True)
     n = 0
     while True:
         start_line = reader.line_num + 1  # the line the next record starts on
@@ -217,6 +272,10 @@ def _rows(path: str, text: str) -> Iterator[tuple[int, list[str]]]:
             fields = next(reader)
         except StopIteration:
             return
+        except UnicodeDecodeError:
+            # rare and fatal: examine the whole file once to say precisely what is wrong with it
+            _decode(path, _read_bytes(path), encoding)
+            raise DataError(f"{path} line {start_line}: cannot be decoded as {encoding or 'UTF-8'}") from None
         except csv.Error as exc:
             where = "the header" if n == 0 else f"row {n}"
             if "unexpected end of data" in str(exc):
@@ -230,6 +289,8 @@ def _rows(path: str, text: str) -> Iterator[tuple[int, list[str]]]:
             ) from None
         if not fields:  # a blank line
             continue
+        if any("\x00" in field for field in fields):
+            raise DataError(_binary_message(path))
         yield n, fields
         n += 1
 

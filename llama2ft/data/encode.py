@@ -1,35 +1,54 @@
-"""Parsed rows -> token columns (`input_ids`, `labels`) through the templates, with the statistics of
-the split (`data_stats.json`)."""
+"""Parsed rows -> token ids and labels through the templates, a batch at a time (the fast tokenizer
+encodes a batch in its own threads), with the statistics of each split (`data_stats.json`)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from llama2ft.data.rows import Rows
-from llama2ft.data.templates import IGNORE_INDEX, Encoded, Template, encode_dialogue, encode_raw
+from llama2ft.data.templates import IGNORE_INDEX, Template, encode_rendered, render_raw
+
+BATCH_ROWS = 1024  # rows tokenized per call: large enough for the tokenizer's threads, small in memory
 
 
-def encode_rows(rows: Rows, template: Template, tokenizer: Any, *, max_seq_len: int, train_on_inputs: bool = False,
-                raw: bool = False) -> tuple[dict[str, list], dict]:
-    """Token columns (`input_ids`, `labels`) and the statistics of one split; rows are cut to
-    `max_seq_len`, and rows left with nothing to train are dropped (and counted)."""
-    input_ids: list[list[int]] = []
-    labels: list[list[int]] = []
-    stats = {"rows": 0, "rows_skipped": len(rows.skipped), "rows_without_trained_tokens": 0, "turns": 0,
-             "tokens": 0, "trained_tokens": 0, "truncated_rows": 0, "truncated_tokens": 0, "max_len": 0}
-    for _, item in rows.items:
-        if raw:
-            enc: Encoded = encode_raw(tokenizer, item)
-        else:
-            enc = encode_dialogue(template, tokenizer, item, train_on_inputs)
-            stats["turns"] += len(item)
-        ids, labs = enc.input_ids, enc.labels
-        if len(ids) > max_seq_len:
+@dataclass(frozen=True)
+class EncodeOptions:
+    max_seq_len: int
+    train_on_inputs: bool = False
+    raw: bool = False  # plain texts (data.format=raw) instead of dialogues
+
+
+@dataclass
+class Sample:
+    row: int  # the csv row number, as error messages give it
+    input_ids: list[int]
+    labels: list[int]
+
+
+def new_stats(skipped: int = 0) -> dict:
+    return {"rows": 0, "rows_skipped": skipped, "rows_without_trained_tokens": 0, "turns": 0, "tokens": 0,
+            "trained_tokens": 0, "truncated_rows": 0, "truncated_tokens": 0, "max_len": 0}
+
+
+def encode_batch(items: list[tuple[int, Any]], template: Template, tokenizer: Any, options: EncodeOptions,
+                 stats: dict) -> list[Sample]:
+    """Samples of (row number, turns or text) items, cut to max_seq_len; rows left with nothing to
+    train are dropped. Counts into `stats`."""
+    if options.raw:
+        rendered = [render_raw(tokenizer, text) for _, text in items]
+    else:
+        rendered = [template.render(turns, tokenizer) for _, turns in items]
+        stats["turns"] += sum(len(turns) for _, turns in items)
+    samples = []
+    for (row, _), enc in zip(items, encode_rendered(tokenizer, rendered, options.train_on_inputs)):
+        ids, labels = enc.input_ids, enc.labels
+        if len(ids) > options.max_seq_len:
             stats["truncated_rows"] += 1
-            stats["truncated_tokens"] += len(ids) - max_seq_len
-            ids, labs = ids[:max_seq_len], labs[:max_seq_len]
-        trained = sum(1 for x in labs if x != IGNORE_INDEX)
+            stats["truncated_tokens"] += len(ids) - options.max_seq_len
+            ids, labels = ids[: options.max_seq_len], labels[: options.max_seq_len]
+        trained = len(labels) - labels.count(IGNORE_INDEX)
         if trained == 0:
             # e.g. a first question longer than max_seq_len: nothing left to learn from this row
             stats["rows_without_trained_tokens"] += 1
@@ -38,9 +57,30 @@ def encode_rows(rows: Rows, template: Template, tokenizer: Any, *, max_seq_len: 
         stats["tokens"] += len(ids)
         stats["trained_tokens"] += trained
         stats["max_len"] = max(stats["max_len"], len(ids))
-        input_ids.append(ids)
-        labels.append(labs)
-    return {"input_ids": input_ids, "labels": labels}, stats
+        samples.append(Sample(row, ids, labels))
+    return samples
+
+
+def encode_stream(items: Iterable[tuple[int, Any]], template: Template, tokenizer: Any, options: EncodeOptions,
+                  stats: dict, batch_rows: int = BATCH_ROWS) -> Iterator[Sample]:
+    """`encode_batch` over a stream of items, `batch_rows` at a time."""
+    batch: list[tuple[int, Any]] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= batch_rows:
+            yield from encode_batch(batch, template, tokenizer, options, stats)
+            batch = []
+    if batch:
+        yield from encode_batch(batch, template, tokenizer, options, stats)
+
+
+def encode_rows(rows: Rows, template: Template, tokenizer: Any, *, max_seq_len: int, train_on_inputs: bool = False,
+                raw: bool = False) -> tuple[dict[str, list], dict]:
+    """Token columns (`input_ids`, `labels`) and the statistics of rows held in memory."""
+    stats = new_stats(len(rows.skipped))
+    samples = list(encode_stream(rows.items, template, tokenizer, EncodeOptions(max_seq_len, train_on_inputs, raw),
+                                 stats))
+    return {"input_ids": [s.input_ids for s in samples], "labels": [s.labels for s in samples]}, stats
 
 
 def write_stats(stats: dict, out_dir: Path) -> Path:

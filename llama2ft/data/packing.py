@@ -33,17 +33,16 @@ def pack_bins(lengths: list[int], capacity: int) -> list[list[int]]:
 
 
 def pack_columns(input_ids: list[list[int]], labels: list[list[int]], capacity: int) -> dict[str, list]:
-    """Packed `input_ids`, `labels`, `position_ids` columns (samples must already be <= capacity)."""
-    out: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": []}
+    """Packed `input_ids`, `labels` and `seq_lens` (the samples' lengths in each row) columns of samples
+    held in memory (each must already be <= capacity); `arrow_store.Packer` does the same on a stream."""
+    out: dict[str, list] = {"input_ids": [], "labels": [], "seq_lens": []}
     for group in pack_bins([len(x) for x in input_ids], capacity):
         ids: list[int] = []
         labs: list[int] = []
-        pos: list[int] = []
         for i in sorted(group):  # keep the data's order inside a row
             ids += input_ids[i]
             labs += [IGNORE_INDEX] + labels[i][1:]
-            pos += range(len(input_ids[i]))
         out["input_ids"].append(ids)
         out["labels"].append(labs)
-        out["position_ids"].append(pos)
+        out["seq_lens"].append([len(input_ids[i]) for i in sorted(group)])
     return out

@@ -1,80 +1,224 @@
-"""The data step that `llama2ft-prepare` and `llama2ft-train` run: read and check the files (no
-tokenizer needed, so bad input fails before anything loads), then tokenize, mask and pack, reusing
-the cache when the same inputs were prepared before."""
+"""The data step that `llama2ft-prepare` and `llama2ft-train` run, in memory bounded by a batch:
+
+1. check: stream every file once, parse every row (no tokenizer: bad input fails fast, with file and
+   row, or is skipped and counted with data.skip_bad_rows) and choose the held-out rows;
+2. encode: stream again, tokenize a batch of rows at a time (the fast tokenizer's threads), mask,
+   optionally pack, and append to Arrow files in a cache entry that appears only when complete.
+
+A run with the same inputs (file contents, tokenizer, template, data settings) memory-maps the cached
+entry instead: it loads in seconds and is shared by every rank of a multi-GPU run.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional
-
-from omegaconf import DictConfig, OmegaConf
+import atexit
+import json
+import random
+import shutil
+import tempfile
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
 
 from llama2ft.core.errors import DataError
+from llama2ft.core.files import atomic_dir
 from llama2ft.data import cache
-from llama2ft.data.encode import encode_rows
-from llama2ft.data.rows import Rows, read_rows, split_rows
+from llama2ft.data.arrow_store import Packer, SplitWriter, load_split
+from llama2ft.data.csv_reader import iter_column
+from llama2ft.data.dialogue import DialogueFormatError, Turn, format_dialogue, parse_dialogue
+from llama2ft.data.encode import BATCH_ROWS, EncodeOptions, Sample, encode_batch, new_stats
 from llama2ft.data.templates import Template
+
+EVAL_DIALOGUES_KEPT = 1000  # held-out dialogues kept for the greedy answers of the sample eval
+PREVIEW_KEPT = 100  # samples of each split kept for preview.jsonl (data.preview_rows shows up to this many)
+PREVIEW_FILE = "preview.jsonl"
+
+
+@dataclass
+class Scan:
+    """What the check pass found in one file."""
+
+    path: str
+    rows: array = field(default_factory=lambda: array("q"))  # row numbers of the usable rows
+    skipped: list[tuple[int, str]] = field(default_factory=list)
 
 
 @dataclass
 class Prepared:
-    train: Any  # datasets.Dataset with input_ids, labels (and position_ids when packed)
+    train: Any  # datasets.Dataset (memory-mapped): input_ids, labels, length | seq_lens when packed
     eval: Optional[Any]
     stats: dict
-    eval_rows: Optional[Rows]  # parsed held-out rows (for greedy answers)
+    eval_dialogues: list[list[Turn]]  # the first held-out dialogues, for greedy answers
+    preview: list[dict]  # the first data.preview_rows samples of each split, before packing
 
 
-def read_inputs(data: DictConfig, seed: int) -> tuple[Rows, Optional[Rows]]:
-    """Read and check the train and eval files; without an eval file, hold out data.eval_fraction."""
-    train = read_rows(data.train_file, data)
+# ---------------------------------------------------------------- 1. check
+def _items(path: str, data: Any) -> Iterator[tuple[int, Any, Optional[str]]]:
+    """(row, turns or text, problem) for every row of a file, parsed as data.format says."""
+    for row, cell in iter_column(path, data.text_column, data.encoding):
+        if data.format == "raw":
+            yield (row, cell, None) if cell.strip() else (row, None, "empty cell")
+            continue
+        try:
+            yield row, parse_dialogue(cell), None
+        except DialogueFormatError as exc:
+            yield row, None, str(exc)
+
+
+def scan_file(path: str, data: Any) -> Scan:
+    """Parse every row once; the first bad row raises (unless data.skip_bad_rows)."""
+    scan = Scan(path)
+    for row, item, problem in _items(path, data):
+        if problem is None:
+            scan.rows.append(row)
+        elif data.skip_bad_rows:
+            scan.skipped.append((row, problem))
+        else:
+            hint = " (set data.skip_bad_rows=true to skip such rows)" if problem == "empty cell" else ""
+            raise DataError(f"{path} row {row}: {problem}{hint}")
+    if not scan.rows:
+        raise DataError(f"{path}: no usable rows ({len(scan.skipped)} skipped as malformed)")
+    return scan
+
+
+def check_inputs(data: Any, seed: int) -> tuple[Scan, Optional[Scan], set[int]]:
+    """Check the train and eval files; without an eval file, choose the held-out rows of the train
+    file (a seeded random data.eval_fraction of its usable rows, at least one)."""
+    train = scan_file(data.train_file, data)
     if data.eval_file:
-        return train, read_rows(data.eval_file, data)
-    return split_rows(train, data.eval_fraction, seed)
+        return train, scan_file(data.eval_file, data), set()
+    if data.eval_fraction <= 0 or len(train.rows) < 2:
+        return train, None, set()
+    order = list(range(len(train.rows)))
+    random.Random(seed).shuffle(order)
+    held = {train.rows[i] for i in order[: max(1, round(len(order) * data.eval_fraction))]}
+    return train, None, held
 
 
-def tokenize_inputs(data: DictConfig, template: Template, tokenizer: Any, train_rows: Rows,
-                    eval_rows: Optional[Rows], seed: int) -> Prepared:
-    """Tokenized (and, with data.packing, packed) datasets, from the cache when possible."""
-    entry = None
-    if data.cache:
-        split_seed = seed if not data.eval_file and data.eval_fraction > 0 else None
-        key = cache.cache_key(OmegaConf.to_container(data, resolve=True), tokenizer,
-                              (template.name, template.system), split_seed)
-        entry = cache.cache_path(data.cache_dir, key)
-    hit = cache.load(entry) if entry is not None else None
-    if hit is not None:
+# ---------------------------------------------------------------- 2. encode
+def prepare_data(data: Any, template: Template, tokenizer: Any, seed: int) -> Prepared:
+    """The tokenized splits, from the cache when the same inputs were prepared before. `data`: the
+    data config node (train_file, eval_file, eval_fraction, text_column, encoding, format, max_seq_len,
+    train_on_inputs, skip_bad_rows, packing, cache, cache_dir, preview_rows, ...)."""
+    key = cache.cache_key(_settings(data), tokenizer, (template.name, template.system),
+                          seed if not data.eval_file and data.eval_fraction > 0 else None)
+    entry = cache.cache_path(data.cache_dir, key) if data.cache else _scratch_dir() / key
+    if cache.is_complete(entry):
         print(f"data: reusing the cached preprocessing in {entry}", flush=True)
-        return Prepared(hit[0], hit[1], hit[2], eval_rows)
-    train, eval_ds, stats = _build(data, template, tokenizer, train_rows, eval_rows)
-    if entry is not None:
-        cache.save(entry, train, eval_ds, stats)
-    return Prepared(train, eval_ds, stats, eval_rows)
+    else:
+        scans = check_inputs(data, seed)
+        with atomic_dir(entry, exists="keep") as tmp:
+            _encode_all(data, template, tokenizer, scans, tmp)
+    return _load(entry, int(data.preview_rows))
 
 
-def _build(data: DictConfig, template: Template, tokenizer: Any, train_rows: Rows,
-           eval_rows: Optional[Rows]) -> tuple:
-    from datasets import Dataset
-
-    options = {"max_seq_len": data.max_seq_len, "train_on_inputs": data.train_on_inputs, "raw": data.format == "raw"}
-    columns, stats = encode_rows(train_rows, template, tokenizer, **options)
+def _encode_all(data: Any, template: Template, tokenizer: Any, scans: tuple, out: Path) -> None:
+    train_scan, eval_scan, held = scans
+    options = EncodeOptions(data.max_seq_len, data.train_on_inputs, data.format == "raw")
+    has_eval = eval_scan is not None or bool(held)
+    splits = {"train": _Split(out / "train.arrow", data, new_stats(len(train_scan.skipped)))}
+    if has_eval:
+        splits["eval"] = _Split(out / "eval.arrow", data, new_stats(len(eval_scan.skipped) if eval_scan else 0))
+    sources = [(data.train_file, lambda row: "eval" if row in held else "train")]
+    if eval_scan is not None:
+        sources.append((data.eval_file, lambda row: "eval"))
+    for path, split_of in sources:
+        for row, item, problem in _items(path, data):
+            if problem is None:
+                splits[split_of(row)].add(row, item, template, tokenizer, options)
+    for split in splits.values():
+        split.close(template, tokenizer, options)
+    stats = splits["train"].stats
     if not stats["rows"]:
         raise DataError(f"{data.train_file}: no row has a trained token left after truncation to "
                         f"data.max_seq_len={data.max_seq_len}")
-    train = Dataset.from_dict(_maybe_pack(data, columns, stats))
-    eval_ds = None
-    if eval_rows is not None:
-        eval_columns, eval_stats = encode_rows(eval_rows, template, tokenizer, **options)
-        stats["eval"] = eval_stats
-        if eval_stats["rows"]:
-            eval_ds = Dataset.from_dict(_maybe_pack(data, eval_columns, eval_stats))
-    return train, eval_ds, stats
+    if has_eval:
+        stats["eval"] = splits["eval"].stats
+        with (out / "eval_dialogues.jsonl").open("w", encoding="utf-8") as f:
+            for turns in splits["eval"].dialogues:
+                f.write(json.dumps(format_dialogue(turns), ensure_ascii=False) + "\n")
+    with (out / PREVIEW_FILE).open("w", encoding="utf-8") as f:
+        for name, split in splits.items():
+            for sample in split.preview:
+                f.write(json.dumps({"split": name, "row": sample.row, "input_ids": sample.input_ids,
+                                    "labels": sample.labels}) + "\n")
+    cache.write_stats(out, stats)
 
 
-def _maybe_pack(data: DictConfig, columns: dict, stats: dict) -> dict:
-    if not data.packing:
-        return columns
-    from llama2ft.data.packing import pack_columns
+class _Split:
+    """One split being encoded: a batch of rows waiting for the tokenizer, then the Arrow file."""
 
-    packed = pack_columns(columns["input_ids"], columns["labels"], data.max_seq_len)
-    stats["packed_rows"] = len(packed["input_ids"])
-    stats["packing_fill"] = round(stats["tokens"] / max(1, stats["packed_rows"] * data.max_seq_len), 4)
-    return packed
+    def __init__(self, path: Path, data: Any, stats: dict):
+        self.path, self.stats = path, stats
+        self.writer = SplitWriter(path, packed=bool(data.packing))
+        self.packer = Packer(self.writer, data.max_seq_len) if data.packing else None
+        self.capacity = data.max_seq_len
+        self.batch: list[tuple[int, Any]] = []
+        self.preview: list[Sample] = []
+        self.dialogues: list[list[Turn]] = []
+
+    def add(self, row: int, item: Any, template: Template, tokenizer: Any, options: EncodeOptions) -> None:
+        self.batch.append((row, item))
+        if not options.raw and len(self.dialogues) < EVAL_DIALOGUES_KEPT:
+            self.dialogues.append(item)
+        if len(self.batch) >= BATCH_ROWS:
+            self._encode(template, tokenizer, options)
+
+    def _encode(self, template: Template, tokenizer: Any, options: EncodeOptions) -> None:
+        for sample in encode_batch(self.batch, template, tokenizer, options, self.stats):
+            if len(self.preview) < PREVIEW_KEPT:
+                self.preview.append(sample)
+            if self.packer is not None:
+                self.packer.add(sample)
+            else:
+                self.writer.add(sample.input_ids, sample.labels)
+        self.batch = []
+
+    def close(self, template: Template, tokenizer: Any, options: EncodeOptions) -> None:
+        self._encode(template, tokenizer, options)
+        if self.packer is not None:
+            self.packer.flush()
+        rows = self.writer.close()
+        if self.packer is not None:
+            self.stats["packed_rows"] = rows
+            self.stats["packing_fill"] = round(self.stats["tokens"] / max(1, rows * self.capacity), 4)
+
+
+def _load(entry: Path, preview_rows: int) -> Prepared:
+    stats = json.loads((entry / cache.STATS_FILE).read_text(encoding="utf-8"))
+    evals = entry / "eval.arrow"
+    has_eval = evals.is_file() and stats.get("eval", {}).get("rows", 0) > 0
+    dialogues = []
+    if (entry / "eval_dialogues.jsonl").is_file():
+        with (entry / "eval_dialogues.jsonl").open(encoding="utf-8") as f:
+            dialogues = [parse_dialogue(json.loads(line)) for line in f]
+    preview, seen = [], {"train": 0, "eval": 0}
+    with (entry / PREVIEW_FILE).open(encoding="utf-8") as f:
+        for line in f:
+            sample = json.loads(line)
+            seen[sample["split"]] += 1
+            if seen[sample["split"]] <= preview_rows:
+                preview.append(sample)
+    return Prepared(load_split(entry / "train.arrow"), load_split(evals) if has_eval else None, stats, dialogues,
+                    preview)
+
+
+def _settings(data: Any) -> dict:
+    """The data config as a plain dict (a Hydra node, or any object with the same attributes)."""
+    if hasattr(data, "_metadata"):
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(data, resolve=True)
+    return dict(vars(data))
+
+
+def _scratch_dir() -> Path:
+    """Where data.cache=false puts this process's preprocessing (removed at exit)."""
+    global _SCRATCH
+    if _SCRATCH is None:
+        _SCRATCH = Path(tempfile.mkdtemp(prefix="llama2ft-data-"))
+        atexit.register(shutil.rmtree, _SCRATCH, True)
+    return _SCRATCH
+
+
+_SCRATCH: Optional[Path] = None

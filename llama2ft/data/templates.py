@@ -1,26 +1,43 @@
 """Prompt templates: the single place where a conversation becomes token ids.
 
-Training, chat, the API and evaluation all call `encode_dialogue` / `encode_prompt`, so the tokens a
-model sees at inference are, by construction, the training tokens up to the start of the answer.
-Text pieces are encoded without the tokenizer's own special tokens; BOS and EOS are added here
-exactly once per turn (the community's script added a second BOS in front of the literal `<s>`).
+A template renders turns as one text in which the tokenizer's BOS/EOS strings stand for those tokens
+(as the community's csv writes `<s>`/`</s>`), together with the character spans that are trained:
+each answer with its closing text and EOS. The text is tokenized as a whole, exactly as the tokenizer
+tokenizes it (`tok(text, add_special_tokens=False)`), so training sees the tokens the community's own
+tokenization gives; labels come from the spans through the tokenizer's offsets. The prompt for an
+answer renders the conversation up to where that answer's trained part begins, so chat, the API and
+evaluation feed the model the training ids up to its first trained token.
+
+Where an answer starts: after `Assistant:` (after `[/INST]` for llama2_inst). The space in between
+belongs to the answer: the prompt ends at the colon and the model writes the space. Llama's tokenizer
+gives that space its own `▁` before a Chinese character, a digit, CJK punctuation or an emoji, and
+joins it with a Latin word (`▁Hello`); either way the prompt is the same and the tokens are the
+tokenizer's own.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import Any, Optional, Protocol
 
-from llama2ft.data.dialogue import Turn
+from llama2ft.core.errors import UserError
+from llama2ft.data.dialogue import ASSISTANT, HUMAN, Turn
 
 IGNORE_INDEX = -100
-TEMPLATE_NAMES = ("human_assistant", "llama2_inst")
+TEMPLATE_NAMES = ("human_assistant", "llama2_inst", "chat_template")
 
 
 class Tokenizer(Protocol):
+    bos_token: str
+    eos_token: str
     bos_token_id: int
     eos_token_id: int
+    backend_tokenizer: Any
 
-    def __call__(self, text: str, add_special_tokens: bool = ...) -> dict: ...
+
+@dataclass(frozen=True)
+class Rendered:
+    text: str  # tokenized as a whole; BOS/EOS written as the tokenizer's own strings
+    trained: tuple[tuple[int, int], ...]  # character spans [start, end) of what is learned
 
 
 @dataclass
@@ -29,27 +46,20 @@ class Encoded:
     labels: list[int]
 
 
-def _enc(tokenizer: Tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 class Template:
-    """Renders turns as token segments; subclasses define the text around each turn."""
+    """Renders turns as text; subclasses define the text around each turn."""
 
     name = ""
 
     def __init__(self, system: Optional[str] = None):
         self.system = system
 
-    def human_ids(self, tok: Tokenizer, text: str, index: int) -> list[int]:
+    def render(self, turns: list[Turn], tok: Tokenizer) -> Rendered:
+        """A whole conversation, answers marked as trained (a final unanswered question is kept, untrained)."""
         raise NotImplementedError
 
-    def answer_prefix(self, tok: Tokenizer) -> list[int]:
-        """Tokens between the human turn and the answer (the prompt ends with these)."""
-        raise NotImplementedError
-
-    def answer_ids(self, tok: Tokenizer, text: str) -> list[int]:
-        """The trained tokens of an answer, closing EOS included."""
+    def prompt(self, turns: list[Turn], tok: Tokenizer) -> str:
+        """The text that asks for the answer to the last (human) turn of `turns`."""
         raise NotImplementedError
 
 
@@ -58,69 +68,191 @@ class HumanAssistant(Template):
 
     name = "human_assistant"
 
-    def human_ids(self, tok: Tokenizer, text: str, index: int) -> list[int]:
-        return [tok.bos_token_id, *_enc(tok, f"Human: {text}\n"), tok.eos_token_id]
+    def render(self, turns: list[Turn], tok: Tokenizer) -> Rendered:
+        text, spans = "", []
+        for turn in turns:
+            if turn.role == HUMAN:
+                text += f"{tok.bos_token}Human: {turn.text}\n{tok.eos_token}"
+            else:
+                text += f"{tok.bos_token}Assistant:"
+                start = len(text)
+                text += f" {turn.text}\n{tok.eos_token}"
+                spans.append((start, len(text)))
+        return Rendered(text, tuple(spans))
 
-    def answer_prefix(self, tok: Tokenizer) -> list[int]:
-        return [tok.bos_token_id, *_enc(tok, "Assistant: ")]
-
-    def answer_ids(self, tok: Tokenizer, text: str) -> list[int]:
-        return [*_enc(tok, f"{text}\n"), tok.eos_token_id]
+    def prompt(self, turns: list[Turn], tok: Tokenizer) -> str:
+        return self.render(turns, tok).text + f"{tok.bos_token}Assistant:"
 
 
 class Llama2Inst(Template):
-    """Llama-2 chat: `<s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{q} [/INST] {a} </s>`."""
+    """Llama-2 chat's own format, as its chat template renders it (contents stripped):
+    `<s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{q} [/INST] {a} </s><s>[INST] {q2} [/INST]`."""
 
     name = "llama2_inst"
 
-    def human_ids(self, tok: Tokenizer, text: str, index: int) -> list[int]:
-        if index == 0 and self.system:
-            text = f"<<SYS>>\n{self.system}\n<</SYS>>\n\n{text}"
-        return [tok.bos_token_id, *_enc(tok, f"[INST] {text} [/INST]")]
+    def render(self, turns: list[Turn], tok: Tokenizer) -> Rendered:
+        text, spans, asked = "", [], 0
+        for turn in turns:
+            if turn.role == HUMAN:
+                content = turn.text
+                if asked == 0 and self.system:
+                    content = f"<<SYS>>\n{self.system}\n<</SYS>>\n\n{content}"
+                text += f"{tok.bos_token}[INST] {content.strip()} [/INST]"
+                asked += 1
+            else:
+                start = len(text)
+                text += f" {turn.text.strip()} {tok.eos_token}"
+                spans.append((start, len(text)))
+        return Rendered(text, tuple(spans))
 
-    def answer_prefix(self, tok: Tokenizer) -> list[int]:
-        return []
+    def prompt(self, turns: list[Turn], tok: Tokenizer) -> str:
+        return self.render(turns, tok).text
 
-    def answer_ids(self, tok: Tokenizer, text: str) -> list[int]:
-        return [*_enc(tok, f" {text} "), tok.eos_token_id]
+
+class ChatTemplate(Template):
+    """The tokenizer's own `chat_template` (`tokenizer.apply_chat_template`): training tokens and
+    served tokens are the model's own by construction. An answer's span is what the template adds
+    after the generation prompt, up to the end of that turn."""
+
+    name = "chat_template"
+
+    def _messages(self, turns: list[Turn]) -> list[dict[str, str]]:
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return system + [{"role": "user" if t.role == HUMAN else "assistant", "content": t.text} for t in turns]
+
+    def _apply(self, tok: Any, turns: list[Turn], generation_prompt: bool) -> str:
+        if not getattr(tok, "chat_template", None):
+            raise UserError("template=chat_template: this tokenizer has no chat_template "
+                            "(use human_assistant or llama2_inst)")
+        try:
+            return tok.apply_chat_template(self._messages(turns), tokenize=False,
+                                           add_generation_prompt=generation_prompt)
+        except Exception as exc:  # a jinja error raised by the model's template, e.g. roles out of order
+            raise UserError(f"the tokenizer's chat_template failed: {exc}") from exc
+
+    def render(self, turns: list[Turn], tok: Tokenizer) -> Rendered:
+        text = self._apply(tok, turns, False)
+        spans = []
+        for k, turn in enumerate(turns):
+            if turn.role != ASSISTANT:
+                continue
+            before, through = self._apply(tok, turns[:k], True), self._apply(tok, turns[:k + 1], False)
+            if not (through.startswith(before) and text.startswith(through)):
+                raise UserError("the tokenizer's chat_template does not render a conversation as an extension "
+                                "of its beginning, so the answers cannot be located in it")
+            spans.append((len(before), len(through)))
+        return Rendered(text, tuple(spans))
+
+    def prompt(self, turns: list[Turn], tok: Tokenizer) -> str:
+        return self._apply(tok, turns, True)
 
 
 def get_template(name: str, system: Optional[str] = None) -> Template:
-    if name == "human_assistant":
-        return HumanAssistant(system)
-    if name == "llama2_inst":
-        return Llama2Inst(system)
-    raise ValueError(f"unknown template {name!r}; choose one of {', '.join(TEMPLATE_NAMES)}")
+    templates = {t.name: t for t in (HumanAssistant, Llama2Inst, ChatTemplate)}
+    if name not in templates:
+        raise ValueError(f"unknown template {name!r}; choose one of {', '.join(TEMPLATE_NAMES)}")
+    return templates[name](system)
+
+
+# ---------------------------------------------------------------- text -> ids
+def tokenize(tok: Tokenizer, texts: list[str]) -> list[Any]:
+    """`tokenizers.Encoding`s of `texts`, batched in the fast tokenizer's own threads; the ids are
+    those of `tok(text, add_special_tokens=False)`."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        raise UserError(f"{type(tok).__name__} is not a fast (tokenizers) tokenizer; llama2ft needs its offsets")
+    return backend.encode_batch(texts, add_special_tokens=False)
+
+
+def labels_of(encoding: Any, ids: list[int], trained: tuple[tuple[int, int], ...],
+              train_on_inputs: bool = False) -> list[int]:
+    """Labels of one tokenized rendering (`ids`: its token ids): the ids of the tokens inside the
+    trained spans, -100 elsewhere."""
+    if train_on_inputs:
+        return list(ids)
+    labels = [IGNORE_INDEX] * len(ids)
+    for start, end in trained:
+        first, last = _token_at(encoding, start, 1), _token_at(encoding, end - 1, -1)
+        if first is not None and last is not None and first <= last:
+            labels[first:last + 1] = ids[first:last + 1]
+    return labels
+
+
+def _token_at(encoding: Any, char: int, step: int) -> Optional[int]:
+    """The token that holds character `char`; for a character no token holds (removed by the
+    normalizer), the nearest token after it (step 1) or before it (step -1)."""
+    token = encoding.char_to_token(char)
+    if token is not None:
+        return token
+    offsets = encoding.offsets
+    order = range(len(offsets)) if step > 0 else range(len(offsets) - 1, -1, -1)
+    return next((i for i in order if (offsets[i][0] >= char if step > 0 else offsets[i][1] <= char + 1)), None)
+
+
+def encode_rendered(tok: Tokenizer, rendered: list[Rendered], train_on_inputs: bool = False) -> list[Encoded]:
+    out = []
+    for r, enc in zip(rendered, tokenize(tok, [r.text for r in rendered])):
+        ids = enc.ids  # a new list on every access: take it once
+        out.append(Encoded(ids, labels_of(enc, ids, r.trained, train_on_inputs)))
+    return out
+
+
+def encode_dialogues(template: Template, tok: Tokenizer, dialogues: list[list[Turn]],
+                     train_on_inputs: bool = False) -> list[Encoded]:
+    """Token ids and labels of whole conversations (batched): only answers (and their closing text
+    and EOS) are trained, unless `train_on_inputs`."""
+    return encode_rendered(tok, [template.render(turns, tok) for turns in dialogues], train_on_inputs)
 
 
 def encode_dialogue(template: Template, tok: Tokenizer, turns: list[Turn], train_on_inputs: bool = False) -> Encoded:
-    """Token ids and labels of a whole conversation: only answers (and their EOS) are trained,
-    unless `train_on_inputs`. A human turn that was never answered is kept but not trained."""
-    ids: list[int] = []
-    labels: list[int] = []
-    human_index = 0
-    for turn in turns:
-        if turn.role == "human":
-            piece = template.human_ids(tok, turn.text, human_index)
-            human_index += 1
-            ids += piece
-            labels += piece if train_on_inputs else [IGNORE_INDEX] * len(piece)
-        else:
-            prefix = template.answer_prefix(tok)
-            answer = template.answer_ids(tok, turn.text)
-            ids += prefix + answer
-            labels += (prefix if train_on_inputs else [IGNORE_INDEX] * len(prefix)) + answer
-    return Encoded(ids, labels)
+    return encode_dialogues(template, tok, [turns], train_on_inputs)[0]
 
 
 def encode_prompt(template: Template, tok: Tokenizer, turns: list[Turn]) -> list[int]:
     """The ids fed to the model to answer the last (human) turn of `turns`."""
-    if not turns or turns[-1].role != "human":
+    if not turns or turns[-1].role != HUMAN:
         raise ValueError("the conversation to answer must end with a human turn")
-    return encode_dialogue(template, tok, turns).input_ids + template.answer_prefix(tok)
+    return list(tokenize(tok, [template.prompt(turns, tok)])[0].ids)
+
+
+def render_raw(tok: Tokenizer, text: str) -> Rendered:
+    """Plain text for continued pre-training: BOS + text + EOS, every token trained."""
+    full = f"{tok.bos_token}{text}{tok.eos_token}"
+    return Rendered(full, ((0, len(full)),))
 
 
 def encode_raw(tok: Tokenizer, text: str) -> Encoded:
-    """Plain text for continued pre-training: BOS + text + EOS, every token trained."""
-    ids = [tok.bos_token_id, *_enc(tok, text), tok.eos_token_id]
-    return Encoded(ids, list(ids))
+    return encode_rendered(tok, [render_raw(tok, text)])[0]
+
+
+def decode_text(tok: Any, ids: list[int], labels: Optional[list[int]] = None,
+                marks: tuple[str, str] = ("", "")) -> str:
+    """The ids as text, each run of text between special tokens decoded on its own as the tokenizer
+    encoded it (so Llama's prefix `▁` adds no space: a community row decodes to its csv cell). With
+    `labels`, the trained parts are put between `marks`."""
+    specials = set(tok.all_special_ids)
+    labels = labels if labels is not None else [IGNORE_INDEX] * len(ids)
+    out: list[str] = []
+    start = 0
+    for end in [*(i for i, t in enumerate(ids) if t in specials), len(ids)]:
+        out.append(_decode_run(tok, ids[start:end], labels[start:end], marks))
+        if end < len(ids):
+            piece = tok.convert_ids_to_tokens(ids[end])
+            out.append(f"{marks[0]}{piece}{marks[1]}" if labels[end] != IGNORE_INDEX else piece)
+        start = end + 1
+    return "".join(out).replace(f"{marks[1]}{marks[0]}", "") if marks[0] else "".join(out)
+
+
+def _decode_run(tok: Any, ids: list[int], labels: list[int], marks: tuple[str, str]) -> str:
+    """One run of text tokens, its trained tokens (a tail, or a middle part) between `marks`."""
+    if not ids:
+        return ""
+    text = tok.decode(ids)
+    trained = [i for i, lab in enumerate(labels) if lab != IGNORE_INDEX]
+    if not trained or not marks[0]:
+        return text
+    first, last = trained[0], trained[-1] + 1
+    head, body = tok.decode(ids[:first]), tok.decode(ids[:last])
+    if not (text.startswith(body) and body.startswith(head)):  # a character split between tokens
+        return f"{marks[0]}{text}{marks[1]}"
+    return f"{head}{marks[0]}{body[len(head):]}{marks[1]}{text[len(body):]}"

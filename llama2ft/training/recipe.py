@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from llama2ft.core.errors import UserError
 from llama2ft.core.files import atomic_dir
 from llama2ft.data.encode import summary_line, write_stats
-from llama2ft.data.pipeline import Prepared, read_inputs, tokenize_inputs
+from llama2ft.data.pipeline import Prepared, prepare_data
+from llama2ft.data.preview import describe_first, write_preview
 from llama2ft.data.rows import read_rows
 from llama2ft.data.templates import Template, get_template
 from llama2ft.evaluation.heldout import exact_match_rate, greedy_answers, questions_from_dialogues
@@ -57,17 +58,18 @@ def run_training(cfg: DictConfig, out_dir: Path, resume: bool) -> dict:
 
     # 1. check everything that can be checked without a model
     check_run_dir(out_dir, resume)
-    train_rows, eval_rows = read_inputs(cfg.data, cfg.trainer.seed)
     tokenizer = load_tokenizer(cfg.model)
     template = get_template(cfg.template.name, cfg.template.system)
 
-    # 2. data, tokenized on the main process first
+    # 2. data: checked and tokenized by the main process first, the other ranks read its cache
     with distributed.main_process_first():
-        prepared = tokenize_inputs(cfg.data, template, tokenizer, train_rows, eval_rows, cfg.trainer.seed)
+        prepared = prepare_data(cfg.data, template, tokenizer, cfg.trainer.seed)
     if distributed.is_main_process():
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
         write_stats(prepared.stats, out_dir)
+        write_preview(prepared.preview, out_dir)
     say(summary_line(prepared.stats))
+    say(describe_first(tokenizer, prepared.preview))
 
     # 3. model
     model, base_path, dtype = _model(cfg, tokenizer, out_dir)
@@ -141,10 +143,12 @@ def _sample_eval(cfg: DictConfig, model: Any, tokenizer: Any, template: Template
     se = cfg.sample_eval
     if not se.enabled or not distributed.is_main_process():
         return None
-    rows = read_rows(se.file, cfg.data) if se.file else prepared.eval_rows
-    if rows is None or cfg.data.format != "dialogue":
+    if cfg.data.format != "dialogue":
         return None
-    qas = questions_from_dialogues([turns for _, turns in rows.items], se.max_questions)
+    dialogues = [turns for _, turns in read_rows(se.file, cfg.data).items] if se.file else prepared.eval_dialogues
+    qas = questions_from_dialogues(dialogues, se.max_questions)
+    if not qas:
+        return None
     answers = greedy_answers(model, tokenizer, template, qas, se.max_new_tokens)
     model.train()
     accuracy = exact_match_rate(answers, qas)

@@ -1,0 +1,30 @@
+"""What the data step shows of the tokens: `preview.jsonl` (the first rows of each split as token ids
+and labels, before packing) and the first row decoded with its trained part marked."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from llama2ft.data.templates import decode_text
+
+MARKS = ("⟦", "⟧")
+
+
+def write_preview(preview: list[dict], out_dir: Path) -> Path:
+    """One json object per line: {"split", "row" (the csv row number), "input_ids", "labels"}."""
+    path = out_dir / "preview.jsonl"
+    with path.open("w", encoding="utf-8") as f:
+        for sample in preview:
+            f.write(json.dumps({k: sample[k] for k in ("split", "row", "input_ids", "labels")}) + "\n")
+    return path
+
+
+def describe_first(tokenizer: Any, preview: list[dict]) -> str:
+    """The first training row as text, what the model learns between ⟦ and ⟧."""
+    if not preview:
+        return ""
+    first = preview[0]
+    text = decode_text(tokenizer, first["input_ids"], first["labels"], MARKS)
+    return (f"first {first['split']} row (row {first['row']}, {len(first['input_ids'])} tokens; "
+            f"trained text between {MARKS[0]} {MARKS[1]}):\n{text}")
