@@ -204,3 +204,26 @@ def test_real_rows_take_the_fast_path_with_the_same_turns(name):
         pytest.skip(f"real sample data not available at {path}")
     for n, cell in read_column(path):
         assert _parse_canonical(cell) == _parse_full(cell), f"row {n}"
+
+
+def test_the_canonical_regex_agrees_with_the_block_check():
+    """is_canonical (the data step's check) decides exactly as canonical_blocks, on the cases above,
+    on every real row and on random mixtures of the format's pieces."""
+    import random
+
+    from llama2ft.data.dialogue import canonical_blocks, is_canonical
+
+    cells = list(FAST_PATH_CASES)
+    for name in ("dev_sft.csv", "dev_sft_sharegpt.csv"):
+        if (SHARED_DATA / name).is_file():
+            cells += [cell for _, cell in read_column(SHARED_DATA / name)]
+    parts = ["<s>", "</s>", "Human: ", "Assistant: ", "Human:", "\n", "\r\n", " ", "a", "你", "<", "s>", "</", "\t"]
+    rng = random.Random(0)
+    for _ in range(20000):
+        cells.append("".join(rng.choice(parts) for _ in range(rng.randint(1, 14))))
+        turns = [rng.choice(["<s>Human: ", "<s>Assistant: "]) + rng.choice(["", " ", "x", "<a>", "\r"]) +
+                 rng.choice(["\n</s>", "\r\n</s>", "</s>"]) for _ in range(rng.randint(1, 4))]
+        cells.append("".join(turns))
+    assert sum(is_canonical(c) for c in cells) > 400  # enough canonical cells among the random ones
+    for cell in cells:
+        assert is_canonical(cell) == (canonical_blocks(cell) is not None), repr(cell)

@@ -13,6 +13,7 @@ from conftest import compose, run_cli
 from llama2ft import PROJECT_ROOT
 from llama2ft.data.collators import PackedCollator, PadCollator
 from llama2ft.data.csv_reader import read_column
+from llama2ft.data.packing import pack_columns
 from llama2ft.data.dialogue import parse_dialogue
 from llama2ft.data.pipeline import prepare_data
 from llama2ft.data.templates import IGNORE_INDEX, encode_dialogue, get_template
@@ -103,6 +104,8 @@ def test_packed_arrow_batches_equal_unpacked(tmp_path, tokenizer, extra):
     unpacked = prepared(tokenizer, *common, cache_dir=tmp_path / "cache")
     packed = prepared(tokenizer, *common, "data.packing=true", cache_dir=tmp_path / "cache")
     assert packed.train.num_rows < unpacked.train.num_rows and packed.stats["packed_rows"] == packed.train.num_rows
+    # the streaming packer writes exactly what packing the same samples in memory gives
+    assert packed.train[:] == pack_columns(unpacked.train["input_ids"], unpacked.train["labels"], 96)
     assert sum(map(len, packed.train["input_ids"])) == sum(map(len, unpacked.train["input_ids"]))
     pad = tokenizer.pad_token_id
     packed_batches = [PackedCollator(pad)([packed.train[i] for i in range(s, min(s + 4, packed.train.num_rows))])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Literal
@@ -12,6 +13,14 @@ from typing import Iterator, Literal
 from llama2ft.core.errors import UserError
 
 Exists = Literal["error", "replace", "keep"]
+# Tests only: the name of a `kill_point` at which this process SIGKILLs itself, to prove that a write
+# killed there leaves nothing half-done.
+KILL_AT = "LLAMA2FT_KILL_AT"
+
+
+def kill_point(name: str) -> None:
+    if os.environ.get(KILL_AT) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def temp_path(final: Path) -> Path:
@@ -61,6 +70,7 @@ def atomic_dir(final: Path, exists: Exists = "error") -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        kill_point("before-publish")
         publish(tmp, final, exists)
     finally:
         _remove(tmp)

@@ -119,27 +119,49 @@ def parse_rows(
     return dialogues, skipped
 
 
-def _parse_canonical(text: str) -> list[Turn] | None:
-    """The turns of a cell written exactly as `format_dialogue` writes (the common case, parsed at
-    C speed), or None: then `parse_dialogue`'s full parser gives the same turns or says what is wrong."""
-    blocks = text.split(_CLOSE)
-    if blocks[-1] or len(blocks) < 3:
+# A cell written exactly as `format_dialogue` writes it, with the conditions `canonical_blocks` checks:
+# text without <s> or </s>, "\n" (not "\r\n") before each </s>, a first Human turn, an Assistant turn
+# and no blank answer. One C-speed match decides what the data step's check pass needs to know.
+_TEXT = r"(?:[^<]|<(?!/?s>))*"
+_HUMAN_BLOCK = rf"<s>Human: {_TEXT}(?<!\r)\n</s>"
+_ANSWER_BLOCK = rf"<s>Assistant: \s*(?:[^\s<]|<(?!/?s>)){_TEXT}(?<!\r)\n</s>"
+_CANONICAL = re.compile(rf"(?:{_HUMAN_BLOCK})+{_ANSWER_BLOCK}(?:{_HUMAN_BLOCK}|{_ANSWER_BLOCK})*")
+
+
+def is_canonical(text: str) -> bool:
+    """`canonical_blocks(text) is not None`, in one regular-expression match."""
+    return _CANONICAL.fullmatch(text) is not None
+
+
+def canonical_blocks(text: str) -> list[tuple[str, int, int]] | None:
+    """(role, start, end) of each turn's text in a cell written exactly as `format_dialogue` writes it
+    (the common case, checked at C speed, no Turn objects made), or None: then `parse_dialogue`'s full
+    parser gives the same turns or says what is wrong."""
+    pieces = text.split(_CLOSE)
+    if pieces[-1] or len(pieces) < 3:
         return None
-    turns = []
-    for block in blocks[:-1]:
-        if block.startswith(_HUMAN_HEAD):
-            role, content = HUMAN, block[len(_HUMAN_HEAD):-1]
-        elif block.startswith(_ASSISTANT_HEAD):
-            role, content = ASSISTANT, block[len(_ASSISTANT_HEAD):-1]
+    blocks, pos, answered = [], 0, False
+    for piece in pieces[:-1]:
+        if piece.startswith(_HUMAN_HEAD):
+            role, head = HUMAN, len(_HUMAN_HEAD)
+        elif piece.startswith(_ASSISTANT_HEAD):
+            role, head = ASSISTANT, len(_ASSISTANT_HEAD)
         else:
             return None
-        if not block.endswith("\n") or content.endswith("\r") or _OPEN in content:
+        if not piece.endswith("\n") or piece.endswith("\r\n") or piece.find(_OPEN, head) != -1:
             return None
-        turns.append(Turn(role, content))
-    if turns[0].role != HUMAN or not any(t.role == ASSISTANT and t.text.strip() for t in turns) or \
-            any(t.role == ASSISTANT and not t.text.strip() for t in turns):
-        return None
-    return turns
+        if role == ASSISTANT:
+            if not piece[head:-1].strip():
+                return None
+            answered = True
+        blocks.append((role, pos + head, pos + len(piece) - 1))
+        pos += len(piece) + len(_CLOSE)
+    return blocks if blocks[0][0] == HUMAN and answered else None
+
+
+def _parse_canonical(text: str) -> list[Turn] | None:
+    blocks = canonical_blocks(text)
+    return None if blocks is None else [Turn(role, text[start:end]) for role, start, end in blocks]
 
 
 def _parse_block(block: str, number: int) -> Turn:

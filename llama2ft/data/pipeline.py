@@ -16,18 +16,19 @@ import random
 import shutil
 import tempfile
 from array import array
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from llama2ft.core.errors import DataError
-from llama2ft.core.files import atomic_dir
+from llama2ft.core.files import atomic_dir, kill_point
 from llama2ft.data import cache
 from llama2ft.data.arrow_store import Packer, SplitWriter, load_split
 from llama2ft.data.csv_reader import iter_column
-from llama2ft.data.dialogue import DialogueFormatError, Turn, format_dialogue, parse_dialogue
-from llama2ft.data.encode import BATCH_ROWS, EncodeOptions, Sample, encode_batch, new_stats
-from llama2ft.data.templates import Template
+from llama2ft.data.dialogue import DialogueFormatError, Turn, format_dialogue, is_canonical, parse_dialogue
+from llama2ft.data.encode import BATCH_ROWS, EncodeOptions, finish_batch, new_stats, render_batch
+from llama2ft.data.templates import Template, tokenize
 
 EVAL_DIALOGUES_KEPT = 1000  # held-out dialogues kept for the greedy answers of the sample eval
 PREVIEW_KEPT = 100  # samples of each split kept for preview.jsonl (data.preview_rows shows up to this many)
@@ -41,6 +42,11 @@ class Scan:
     path: str
     rows: array = field(default_factory=lambda: array("q"))  # row numbers of the usable rows
     skipped: list[tuple[int, str]] = field(default_factory=list)
+    # per row number: BAD, CANONICAL (written exactly as format_dialogue writes) or VALID; one byte a row
+    status: bytearray = field(default_factory=lambda: bytearray(1))
+
+
+BAD, CANONICAL, VALID = 0, 1, 2
 
 
 @dataclass
@@ -53,22 +59,25 @@ class Prepared:
 
 
 # ---------------------------------------------------------------- 1. check
-def _items(path: str, data: Any) -> Iterator[tuple[int, Any, Optional[str]]]:
-    """(row, turns or text, problem) for every row of a file, parsed as data.format says."""
-    for row, cell in iter_column(path, data.text_column, data.encoding):
-        if data.format == "raw":
-            yield (row, cell, None) if cell.strip() else (row, None, "empty cell")
-            continue
-        try:
-            yield row, parse_dialogue(cell), None
-        except DialogueFormatError as exc:
-            yield row, None, str(exc)
+def _check(cell: str, raw: bool) -> tuple[int, Optional[str]]:
+    """(status, problem) of one cell, checked as data.format says."""
+    if raw:
+        return (CANONICAL, None) if cell.strip() else (BAD, "empty cell")
+    if is_canonical(cell):  # the common case: valid, checked without building turns
+        return CANONICAL, None
+    try:
+        parse_dialogue(cell)
+        return VALID, None
+    except DialogueFormatError as exc:
+        return BAD, str(exc)
 
 
 def scan_file(path: str, data: Any) -> Scan:
     """Parse every row once; the first bad row raises (unless data.skip_bad_rows)."""
     scan = Scan(path)
-    for row, item, problem in _items(path, data):
+    for row, cell in iter_column(path, data.text_column, data.encoding):
+        status, problem = _check(cell, data.format == "raw")
+        scan.status.append(status)  # rows are numbered 1, 2, ... in file order
         if problem is None:
             scan.rows.append(row)
         elif data.skip_bad_rows:
@@ -119,15 +128,18 @@ def _encode_all(data: Any, template: Template, tokenizer: Any, scans: tuple, out
     splits = {"train": _Split(out / "train.arrow", data, new_stats(len(train_scan.skipped)))}
     if has_eval:
         splits["eval"] = _Split(out / "eval.arrow", data, new_stats(len(eval_scan.skipped) if eval_scan else 0))
-    sources = [(data.train_file, lambda row: "eval" if row in held else "train")]
+    sources = [(train_scan, lambda row: "eval" if row in held else "train")]
     if eval_scan is not None:
-        sources.append((data.eval_file, lambda row: "eval"))
-    for path, split_of in sources:
-        for row, item, problem in _items(path, data):
-            if problem is None:
-                splits[split_of(row)].add(row, item, template, tokenizer, options)
-    for split in splits.values():
-        split.close(template, tokenizer, options)
+        sources.append((eval_scan, lambda row: "eval"))
+    with ThreadPoolExecutor(1, thread_name_prefix="tokenize") as pool:
+        for split in splits.values():
+            split.start(template, tokenizer, options, pool)
+        for scan, split_of in sources:
+            for row, cell in iter_column(scan.path, data.text_column, data.encoding):
+                if scan.status[row] != BAD:
+                    splits[split_of(row)].add(row, cell, scan.status[row] == CANONICAL)
+        for split in splits.values():
+            split.close()
     stats = splits["train"].stats
     if not stats["rows"]:
         raise DataError(f"{data.train_file}: no row has a trained token left after truncation to "
@@ -139,43 +151,61 @@ def _encode_all(data: Any, template: Template, tokenizer: Any, scans: tuple, out
                 f.write(json.dumps(format_dialogue(turns), ensure_ascii=False) + "\n")
     with (out / PREVIEW_FILE).open("w", encoding="utf-8") as f:
         for name, split in splits.items():
-            for sample in split.preview:
-                f.write(json.dumps({"split": name, "row": sample.row, "input_ids": sample.input_ids,
-                                    "labels": sample.labels}) + "\n")
+            for row, ids, labels in split.preview:
+                f.write(json.dumps({"split": name, "row": row, "input_ids": ids, "labels": labels}) + "\n")
     cache.write_stats(out, stats)
 
 
 class _Split:
-    """One split being encoded: a batch of rows waiting for the tokenizer, then the Arrow file."""
+    """One split being encoded. The fast tokenizer works on one batch (in its own threads, without the
+    GIL) while Python finishes the batch before it: on 2 cores that hides most of the Python time."""
 
     def __init__(self, path: Path, data: Any, stats: dict):
         self.path, self.stats = path, stats
         self.writer = SplitWriter(path, packed=bool(data.packing))
         self.packer = Packer(self.writer, data.max_seq_len) if data.packing else None
         self.capacity = data.max_seq_len
-        self.batch: list[tuple[int, Any]] = []
-        self.preview: list[Sample] = []
+        self.batch: list[tuple[int, str]] = []
+        self.canonical: list[bool] = []
+        self.pending: Optional[tuple[list, list, Future]] = None
+        self.preview: list[tuple[int, list[int], list[int]]] = []
         self.dialogues: list[list[Turn]] = []
 
-    def add(self, row: int, item: Any, template: Template, tokenizer: Any, options: EncodeOptions) -> None:
-        self.batch.append((row, item))
-        if not options.raw and len(self.dialogues) < EVAL_DIALOGUES_KEPT:
-            self.dialogues.append(item)
+    def start(self, template: Template, tokenizer: Any, options: EncodeOptions, pool: ThreadPoolExecutor) -> None:
+        self.template, self.tokenizer, self.options, self.pool = template, tokenizer, options, pool
+
+    def add(self, row: int, cell: str, canonical: bool) -> None:
+        self.batch.append((row, cell))
+        self.canonical.append(canonical)
+        if not self.options.raw and len(self.dialogues) < EVAL_DIALOGUES_KEPT:
+            self.dialogues.append(parse_dialogue(cell))
         if len(self.batch) >= BATCH_ROWS:
-            self._encode(template, tokenizer, options)
+            self._submit()
 
-    def _encode(self, template: Template, tokenizer: Any, options: EncodeOptions) -> None:
-        for sample in encode_batch(self.batch, template, tokenizer, options, self.stats):
-            if len(self.preview) < PREVIEW_KEPT:
-                self.preview.append(sample)
-            if self.packer is not None:
-                self.packer.add(sample)
-            else:
-                self.writer.add(sample.input_ids, sample.labels)
-        self.batch = []
+    def _submit(self) -> None:
+        rendered = render_batch(self.batch, self.template, self.tokenizer, self.options, self.stats, self.canonical)
+        future = self.pool.submit(tokenize, self.tokenizer, [r.text for r in rendered])
+        self._finish()
+        self.pending = (self.batch, rendered, future)
+        self.batch, self.canonical = [], []
 
-    def close(self, template: Template, tokenizer: Any, options: EncodeOptions) -> None:
-        self._encode(template, tokenizer, options)
+    def _finish(self) -> None:
+        if self.pending is None:
+            return
+        items, rendered, future = self.pending
+        self.pending = None
+        batch = finish_batch(items, rendered, future.result(), self.template, self.tokenizer, self.options,
+                             self.stats)
+        for i in range(min(len(batch), PREVIEW_KEPT - len(self.preview))):
+            ids, labels = batch.sample(i)
+            self.preview.append((batch.rows[i], ids.tolist(), labels.tolist()))
+        (self.packer or self.writer).add_batch(batch)
+        kill_point("data-batch")
+
+    def close(self) -> None:
+        if self.batch:
+            self._submit()
+        self._finish()
         if self.packer is not None:
             self.packer.flush()
         rows = self.writer.close()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
 from llama2ft.core.errors import UserError
-from llama2ft.data.dialogue import ASSISTANT, HUMAN, Turn
+from llama2ft.data.dialogue import ASSISTANT, HUMAN, Turn, canonical_blocks, parse_dialogue
 
 IGNORE_INDEX = -100
 TEMPLATE_NAMES = ("human_assistant", "llama2_inst", "chat_template")
@@ -50,6 +50,7 @@ class Template:
     """Renders turns as text; subclasses define the text around each turn."""
 
     name = ""
+    spans_end_with_eos = True  # every trained span ends with the EOS token (the data step's fast path)
 
     def __init__(self, system: Optional[str] = None):
         self.system = system
@@ -61,6 +62,12 @@ class Template:
     def prompt(self, turns: list[Turn], tok: Tokenizer) -> str:
         """The text that asks for the answer to the last (human) turn of `turns`."""
         raise NotImplementedError
+
+    def render_cell(self, cell: str, tok: Tokenizer, canonical: Optional[bool] = None) -> Rendered:
+        """A community-format cell (already checked), rendered as `render(parse_dialogue(cell))`;
+        `canonical`: whether the check found the cell written exactly as `format_dialogue` writes
+        (None: not known)."""
+        return self.render(parse_dialogue(cell), tok)
 
 
 class HumanAssistant(Template):
@@ -82,6 +89,29 @@ class HumanAssistant(Template):
 
     def prompt(self, turns: list[Turn], tok: Tokenizer) -> str:
         return self.render(turns, tok).text + f"{tok.bos_token}Assistant:"
+
+    def render_cell(self, cell: str, tok: Tokenizer, canonical: Optional[bool] = None) -> Rendered:
+        # A cell written exactly as this template renders is its own rendering: only the answers'
+        # spans are found, without building turns (most of the data step's Python time).
+        if (tok.bos_token, tok.eos_token) != ("<s>", "</s>") or canonical is False:
+            return super().render_cell(cell, tok)
+        if canonical:
+            return Rendered(cell, tuple(_answer_spans(cell)))
+        blocks = canonical_blocks(cell)
+        if blocks is None:
+            return super().render_cell(cell, tok)
+        return Rendered(cell, tuple((start - 1, end + 5) for role, start, end in blocks if role == ASSISTANT))
+
+
+def _answer_spans(cell: str) -> list[tuple[int, int]]:
+    """Spans of the answers of a canonical cell: from the space after `<s>Assistant:` to its `</s>`."""
+    spans, head = [], "<s>Assistant:"
+    start = cell.find(head)
+    while start != -1:
+        end = cell.find("\n</s>", start) + 5
+        spans.append((start + len(head), end))
+        start = cell.find(head, end)
+    return spans
 
 
 class Llama2Inst(Template):
@@ -115,6 +145,7 @@ class ChatTemplate(Template):
     after the generation prompt, up to the end of that turn."""
 
     name = "chat_template"
+    spans_end_with_eos = False  # a model's template may close a turn with more than EOS
 
     def _messages(self, turns: list[Turn]) -> list[dict[str, str]]:
         system = [{"role": "system", "content": self.system}] if self.system else []
@@ -164,6 +195,27 @@ def tokenize(tok: Tokenizer, texts: list[str]) -> list[Any]:
     return backend.encode_batch(texts, add_special_tokens=False)
 
 
+def token_ranges(encoding: Any, trained: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
+    """The token index ranges [a, b) that hold the trained character spans of one tokenized rendering."""
+    ranges = []
+    for start, end in trained:
+        first, last = _token_at(encoding, start, 1), _token_at(encoding, end - 1, -1)
+        if first is not None and last is not None and first <= last:
+            ranges.append((first, last + 1))
+    return ranges
+
+
+def eos_ranges(ids: list[int], encoding: Any, trained: tuple[tuple[int, int], ...], eos: int) -> list[tuple[int, int]]:
+    """`token_ranges` for spans that each end with the EOS token (human_assistant, llama2_inst): the end
+    is found in the ids (C speed) instead of through the offsets."""
+    ranges = []
+    for start, _ in trained:
+        first = _token_at(encoding, start, 1)
+        if first is not None:
+            ranges.append((first, ids.index(eos, first) + 1))
+    return ranges
+
+
 def labels_of(encoding: Any, ids: list[int], trained: tuple[tuple[int, int], ...],
               train_on_inputs: bool = False) -> list[int]:
     """Labels of one tokenized rendering (`ids`: its token ids): the ids of the tokens inside the
@@ -171,10 +223,8 @@ def labels_of(encoding: Any, ids: list[int], trained: tuple[tuple[int, int], ...
     if train_on_inputs:
         return list(ids)
     labels = [IGNORE_INDEX] * len(ids)
-    for start, end in trained:
-        first, last = _token_at(encoding, start, 1), _token_at(encoding, end - 1, -1)
-        if first is not None and last is not None and first <= last:
-            labels[first:last + 1] = ids[first:last + 1]
+    for a, b in token_ranges(encoding, trained):
+        labels[a:b] = ids[a:b]
     return labels
 
 
