@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 EXTRAS ?= web,serve,export,sweep,slurm,dev
 
-.PHONY: install train test test-fast bench clean
+.PHONY: install train test test-fast llama-cpp bench clean
 
 install: $(VENV)/.installed
 
@@ -31,11 +31,20 @@ $(VENV)/.installed: pyproject.toml
 train: install
 	$(VENV)/bin/llama2ft-train $(ARGS)
 
-test: install
+# llama.cpp for the GGUF tests: a prebuilt llama-cpp-python wheel beside the checkout (its sdist takes
+# ~25 minutes to build on 2 cores), installed once when present.
+LLAMA_CPP_WHEEL := $(wildcard ../shared/wheels/llama_cpp_python-*.whl)
+
+test: install llama-cpp
 	$(PY) -m pytest -q $(ARGS)
 
-test-fast: install
+test-fast: install llama-cpp
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+llama-cpp: install
+	@if [ -n "$(LLAMA_CPP_WHEEL)" ] && ! $(PY) -c "import llama_cpp" 2>/dev/null; then \
+		$(PIP) install -q --no-deps $(LLAMA_CPP_WHEEL) && $(PIP) install -q numpy typing-extensions jinja2 diskcache; \
+	fi
 
 bench: install
 	$(PY) bench/train_throughput.py

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from llama2ft.config.hydra_app import hydra_command
 from llama2ft.core.errors import ConfigError, UserError
 from llama2ft.core.files import atomic_dir
-from llama2ft.model.loading import DTYPES, open_tokenizer
+from llama2ft.model.loading import DTYPES, open_tokenizer, save_tokenizer
 from llama2ft.model.run_folder import write_chat_meta
 from llama2ft.publishing.merge import Inputs, check_fits, inputs_from_paths, inputs_from_run, read_adapter, \
     write_config, write_weights
@@ -65,7 +65,7 @@ def run_merge(cfg: DictConfig) -> Path:
     with atomic_dir(output, exists="replace" if cfg.overwrite else "error") as tmp:
         shards = write_weights(layout, adapters, tmp, dtype, parse_size(str(cfg.max_shard_size)))
         write_config(inp.base, layout, tmp, dtype_name, tok)
-        tok.save_pretrained(str(tmp))
+        save_tokenizer(tok, tmp)
         write_chat_meta(tmp, inp.template, inp.system)
         ids = prompt_ids(inp.template, inp.system, tok)
         card = CardInfo(base=str(cfg.base_name or _base_name(inp)), adapters=[str(a) for a in inp.adapters],

@@ -11,19 +11,23 @@ from omegaconf import DictConfig
 
 from llama2ft.config.hydra_app import TEXT_KEYS, hydra_command
 from llama2ft.inference.settings import check, load
-from llama2ft.serving.network import port_problems, warn_if_exposed
+from llama2ft.serving.network import port_problems, queue_problems, warn_if_exposed
 
 
 def run_serve(cfg: DictConfig) -> None:
-    spec, samp = check(cfg, port_problems(cfg.port))
+    extra = port_problems(cfg.port) + queue_problems(cfg.max_queue)
+    if cfg.max_request_bytes < 1024:
+        extra.append(f"max_request_bytes={cfg.max_request_bytes}: must be >= 1024")
+    spec, samp = check(cfg, extra)
     warn_if_exposed(str(cfg.host), bool(cfg.api_key), "the API", "api_key")
     chat = load(spec)
+    chat.max_queue = cfg.max_queue
     import uvicorn
 
     from llama2ft.serving.api import create_app  # fastapi: imported only when serving
 
     name = str(cfg.served_name or chat.name)
-    app = create_app(chat, samp, name, cfg.api_key)
+    app = create_app(chat, samp, name, cfg.api_key, cfg.max_request_bytes)
     print(f"llama2ft-serve: {name} on http://{cfg.host}:{cfg.port}/v1", flush=True)
     uvicorn.run(app, host=str(cfg.host), port=int(cfg.port), log_level="warning")
 

@@ -23,6 +23,7 @@ from llama2ft.config.hydra_app import hydra_command
 from llama2ft.core.errors import ConfigError, DataError, UserError
 from llama2ft.core.files import atomic_dir
 from llama2ft.core.text import CJK_RUN
+from llama2ft.model.loading import save_tokenizer
 from llama2ft.data.vocab_extension import (REPORT, check_extension, check_joined_runs, chinese_runs, corpus_texts,
                                            extend_spec, learn_pieces, open_base, tokens_per_char)
 
@@ -74,7 +75,7 @@ def run_vocab(cfg: DictConfig) -> Path:
     new_chars = sum(1 for p, i in vocab.items() if i >= base_size and len(p) == 1)
 
     with atomic_dir(output, exists="replace" if cfg.overwrite else "error") as tmp:
-        base_tok.save_pretrained(str(tmp))
+        save_tokenizer(base_tok, tmp)
         Tokenizer.from_str(json.dumps(spec, ensure_ascii=False)).save(str(tmp / "tokenizer.json"))
         (tmp / "tokenizer.model").unlink(missing_ok=True)  # a sentencepiece model would lack the new pieces
         ext_tok = AutoTokenizer.from_pretrained(str(tmp))

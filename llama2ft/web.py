@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from llama2ft.config.hydra_app import TEXT_KEYS, hydra_command
 from llama2ft.inference.settings import check, load
-from llama2ft.serving.network import port_problems, warn_if_exposed
+from llama2ft.serving.network import port_problems, queue_problems, warn_if_exposed
 from llama2ft.serving.web_app import build_app, parse_auth
 
 
@@ -22,7 +22,7 @@ def run_web(cfg: DictConfig) -> None:
     except ValueError as exc:
         extra.append(f"auth={cfg.auth!r}: {exc}")
         auth = None
-    extra += port_problems(cfg.port)
+    extra += port_problems(cfg.port) + queue_problems(cfg.max_queue)
     if int(cfg.concurrency) < 1:
         extra.append(f"concurrency={cfg.concurrency}: must be >= 1")
     spec, samp = check(cfg, extra)
@@ -31,7 +31,7 @@ def run_web(cfg: DictConfig) -> None:
     chat = load(spec)
     app = build_app(chat, samp, str(cfg.title), int(cfg.concurrency))
     print(f"llama2ft-web: {chat.name} on http://{cfg.host}:{cfg.port}", flush=True)
-    app.queue(default_concurrency_limit=int(cfg.concurrency)).launch(
+    app.queue(default_concurrency_limit=int(cfg.concurrency), max_size=cfg.max_queue).launch(
         server_name=str(cfg.host), server_port=int(cfg.port), auth=auth, show_error=True, quiet=True,
         inbrowser=False, share=False)
 

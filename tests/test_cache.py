@@ -61,3 +61,22 @@ def test_training_reuses_what_prepare_wrote(tmp_path):
                   env={"LLAMA2FT_CACHE_DIR": str(cache_dir)})
     assert res.returncode == 0, res.stderr[-2000:]
     assert REUSED in res.stdout
+
+
+def test_killed_cache_write_leaves_nothing_half_written(tmp_path):
+    """kill -9 in the middle of writing the Arrow files: no entry appears, and the next run builds a
+    complete one (clearing the dead run's temporary folder)."""
+    cache_dir = tmp_path / "cache"
+    res = run_cli("prepare", f"hydra.run.dir={tmp_path}/a",
+                  env={"LLAMA2FT_CACHE_DIR": str(cache_dir), "LLAMA2FT_KILL_AT": "data-batch"})
+    assert res.returncode == -9, res.stderr[-2000:]
+    leftovers = list(cache_dir.iterdir())
+    assert len(leftovers) == 1 and leftovers[0].name.startswith(".") and ".tmp-" in leftovers[0].name
+    assert (leftovers[0] / "train.arrow").exists()  # it was killed mid-write
+    second = prepare(tmp_path, "b", cache_dir=cache_dir)
+    assert REUSED not in second.stdout
+    assert [p.name for p in cache_dir.iterdir() if p.name.startswith(".")] == []
+    clean = prepare(tmp_path, "c", cache_dir=tmp_path / "clean-cache")
+    assert json.loads((tmp_path / "b" / "data_stats.json").read_text()) == \
+        json.loads((tmp_path / "c" / "data_stats.json").read_text())
+    assert REUSED in prepare(tmp_path, "d", cache_dir=cache_dir).stdout and clean.returncode == 0

@@ -1,15 +1,17 @@
 """llama2ft-export: GGUF tensor names, shapes, types, the q/k rotary permutation and the metadata,
-read back with gguf.GGUFReader; with llama-cpp-python installed, greedy tokens match transformers."""
+read back with gguf.GGUFReader; in llama.cpp (required in CI: LLAMA2FT_REQUIRE_LLAMA_CPP=1), greedy tokens
+and the tokenization of typed prompts match transformers, on the embedded and on the real Llama-2 tokenizer."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import SHARED_DATA, run_cli
 from llama2ft import PROJECT_ROOT
 
 gguf = pytest.importorskip("gguf", reason="the gguf package (pip install 'llama2ft[export]') is not installed")
@@ -17,12 +19,16 @@ gguf = pytest.importorskip("gguf", reason="the gguf package (pip install 'llama2
 LAYERS, HIDDEN, HEADS, KV_HEADS, FFN = 2, 128, 4, 2, 384
 
 
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
+TOKENIZERS = {"embedded": PROJECT_ROOT / "data" / "tokenizer", "llama2": SHARED_DATA / "llama2-tokenizer"}
+
+
+def small_llama(tmp_path_factory, tokenizer: Path) -> Path:
     """A small random Llama folder as llama2ft-merge writes it (safetensors + config + tokenizer)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(str(PROJECT_ROOT / "data" / "tokenizer"))
+    if not (tokenizer / "tokenizer.json").is_file():
+        pytest.skip(f"{tokenizer} not present (the real Llama-2 tokenizer lives in ../shared/data)")
+    tok = AutoTokenizer.from_pretrained(str(tokenizer))
     config = LlamaConfig(vocab_size=len(tok), hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
                          num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=256,
                          rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
@@ -32,10 +38,31 @@ def model_dir(tmp_path_factory) -> Path:
         for p in model.parameters():
             if p.dim() == 2:
                 p.mul_(4.0)
+    from llama2ft.model.loading import save_tokenizer
+
     out = tmp_path_factory.mktemp("export") / "merged"
     model.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
+    save_tokenizer(tok, out)  # as llama2ft-merge saves it
     return out
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    return small_llama(tmp_path_factory, TOKENIZERS["embedded"])
+
+
+@pytest.fixture(scope="session", params=sorted(TOKENIZERS))
+def any_model_dir(request, tmp_path_factory) -> Path:
+    return small_llama(tmp_path_factory, TOKENIZERS[request.param])
+
+
+def import_llama_cpp():
+    if os.environ.get("LLAMA2FT_REQUIRE_LLAMA_CPP"):  # CI installs ../shared/wheels: the test must run there
+        import llama_cpp
+
+        return llama_cpp
+    return pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (`make test` installs it "
+                                                   "from ../shared/wheels when that folder exists)")
 
 
 def export(source: Path, output: Path, *args: str):
@@ -130,19 +157,17 @@ def test_bad_inputs(model_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_llama_cpp_greedy_tokens_match_transformers(model_dir, tmp_path):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
+def test_llama_cpp_greedy_tokens_match_transformers(any_model_dir, tmp_path):
+    llama_cpp = import_llama_cpp()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = tmp_path / "m.gguf"
-    export_ok(model_dir, path, "quant=f32")  # f32: no rounding, so even close logits pick the same token
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    export_ok(any_model_dir, path, "quant=f32")  # f32: no rounding, so even close logits pick the same token
+    tok = AutoTokenizer.from_pretrained(str(any_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(any_model_dir), dtype=torch.float32).eval()
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=1, verbose=False, logits_all=False)
-    prompts = ["Human: 你好，请介绍一下你自己。\n", "What is 12 plus 30?"]
-    for text in prompts:
+    for text in ["Human: 你好，请介绍一下你自己。\n", "What is 12 plus 30?"]:
         ids = [tok.bos_token_id, *tok(text, add_special_tokens=False)["input_ids"]]
-        assert llm.tokenize(text.encode(), add_bos=True, special=False) == ids, text  # same tokenizer
         with torch.no_grad():
             hf = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, min_new_tokens=12,
                                 repetition_penalty=1.0, eos_token_id=None, pad_token_id=0)[0, len(ids):].tolist()
@@ -153,13 +178,30 @@ def test_llama_cpp_greedy_tokens_match_transformers(model_dir, tmp_path):
             if len(got) == len(hf):
                 break
         assert got == hf, text
-    # the "llama" tokenizer with merge-rank scores splits real data like the BPE tokenizer
+
+
+@pytest.mark.slow
+def test_llama_cpp_tokenizes_typed_prompts_like_transformers(any_model_dir, tmp_path):
+    """What an Ollama/llama.cpp user types reaches the model in the tokens it was trained on: the
+    templates' prompts (special tokens included), Chinese, English, digits; with and without BOS."""
+    llama_cpp = import_llama_cpp()
     import csv
 
-    from llama2ft.data.dialogue import parse_dialogue
+    from transformers import AutoTokenizer
 
+    from llama2ft.data.dialogue import Turn, parse_dialogue
+    from llama2ft.data.templates import get_template
+
+    path = tmp_path / "m.gguf"
+    export_ok(any_model_dir, path, "quant=q8_0")
+    tok = AutoTokenizer.from_pretrained(str(any_model_dir))
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=1, verbose=False, vocab_only=True)
+    turns = [Turn("human", "数字 680 的中文读法是什么？"), Turn("assistant", "六百八十"), Turn("human", "Hello, 12 + 30?")]
+    prompts = [get_template(name, "请用中文回答。").prompt(turns, tok) for name in ("human_assistant", "llama2_inst")]
     with open(PROJECT_ROOT / "data" / "sample" / "dev.csv", encoding="utf-8") as f:
-        texts = [t.text for row in csv.DictReader(f) for t in parse_dialogue(row["text"])][:60]
-    for text in texts:
-        assert llm.tokenize(text.encode(), add_bos=False, special=False) == \
-            tok(text, add_special_tokens=False)["input_ids"], text
+        texts = [t.text for row in csv.DictReader(f) for t in parse_dialogue(row["text"])][:40]
+    texts += ["[INST] 数字 680 是什么？ [/INST]", "Human: 你好", "你好", "12345 and 678", "中间  两个空格", "Hello world"]
+    for text in prompts + texts:
+        expected = tok(text, add_special_tokens=False)["input_ids"]
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == expected, text
+        assert llm.tokenize(text.encode(), add_bos=True, special=True) == [tok.bos_token_id, *expected], text

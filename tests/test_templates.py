@@ -196,3 +196,29 @@ def test_chat_template_needs_one(real_tokenizer):
 def test_prompt_must_end_with_a_question(tokenizer):
     with pytest.raises(ValueError):
         encode_prompt(get_template("human_assistant"), tokenizer, [Turn("human", "a"), Turn("assistant", "b")])
+
+
+def test_a_saved_tokenizer_tokenizes_as_the_loaded_one(any_tokenizer, tmp_path):
+    """Run folders, merged models and extended vocabularies save the tokenizer: transformers 5 drops
+    Llama-2's `legacy: true` on save, and the saved copy would tokenize `<s>Human` as `H`, `uman`."""
+    from llama2ft.model.loading import open_tokenizer, save_tokenizer
+
+    save_tokenizer(any_tokenizer, tmp_path / "tok")
+    again = open_tokenizer(str(tmp_path / "tok"))
+    template = get_template("human_assistant")
+    for pairs in HAND_WRITTEN:
+        turns = turns_of(pairs)
+        assert encode_dialogue(template, again, turns) == encode_dialogue(template, any_tokenizer, turns)
+        assert encode_prompt(template, again, turns[:1]) == encode_prompt(template, any_tokenizer, turns[:1])
+
+
+@pytest.mark.parametrize("name", ["dev_sft.csv", "dev_sft_sharegpt.csv"])
+def test_cells_render_as_their_parsed_turns(any_tokenizer, name):
+    """The data step renders a canonical cell without parsing it: the same text and spans."""
+    for template in (get_template("human_assistant"), get_template("llama2_inst", "请用中文回答。")):
+        for row, cell in read_column(shared_file(name)):
+            assert template.render_cell(cell, any_tokenizer) == template.render(parse_dialogue(cell), any_tokenizer)
+    for pairs in HAND_WRITTEN:
+        cell = format_dialogue(turns_of(pairs))
+        assert get_template("human_assistant").render_cell(cell, any_tokenizer) == \
+            get_template("human_assistant").render(turns_of(pairs), any_tokenizer)

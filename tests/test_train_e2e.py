@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from conftest import run_cli
 from llama2ft import PROJECT_ROOT
@@ -80,7 +82,10 @@ def test_quantized_lora_smoke(tmp_path, quant):
     train(run, *SMOKE, f"quant={quant}", "trainer.max_steps=3", "trainer.eval_steps=3", "trainer.save_steps=3")
     cfg = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert cfg["r"] == 8 and set(cfg["target_modules"]) >= {"q_proj", "down_proj"}
-    assert json.loads((run / "metrics.json").read_text())["train_loss"] > 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train_loss"] > 0
+    # the base really ran in bitsandbytes layers (4 layers x 7 projections), not silently in full precision
+    assert metrics["quantized_layers"] == {"Linear4bit" if quant == "nf4" else "Linear8bitLt": 4 * 7}
 
 
 def test_full_fine_tuning_saves_a_model(tmp_path):
@@ -122,9 +127,19 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
 
     res = run_cli("train", *common, f"hydra.run.dir={run}")  # without resume: refuses to start over
     assert res.returncode == 2 and "trainer.resume=true" in res.stderr
+    perturbed = tmp_path / "perturbed"
+    shutil.copytree(run, perturbed)
+    weights = perturbed / "checkpoints" / "checkpoint-20" / "adapter_model.safetensors"
+    save_file({k: torch.zeros_like(v) if "lora_B" in k else v for k, v in load_file(weights).items()}, weights)
+
     res = train(run, *common, "trainer.resume=true")
     assert "resuming from" in res.stdout
+    assert json.loads((run / "metrics.json").read_text())["steps_this_run"] == 100  # 120 - the 20 it read
     assert_same_adapter(tmp_path / "straight", run, atol=1e-6)
+    # the checkpoint's weights are what the resumed run continues from: changed weights, another result
+    train(perturbed, *common, "trainer.resume=true")
+    with pytest.raises(AssertionError):
+        assert_same_adapter(run, perturbed, atol=1e-4)
 
 
 def test_two_process_accelerate_run(tmp_path):
@@ -144,14 +159,70 @@ def test_two_process_accelerate_run(tmp_path):
     assert "reusing the cached preprocessing" in res.stdout  # rank 1 read what rank 0 wrote
 
 
+@pytest.mark.parametrize("backend", ["FSDP", "DEEPSPEED"])
+def test_fsdp_and_deepspeed_without_a_gpu_say_so(tmp_path, backend):
+    """Tried on 2 CPU processes with configs/accelerate/fsdp.yaml: accelerate stops inside the Trainer with
+    "There are currently no available devices found, must be one of 'XPU', 'CUDA', ...". llama2ft says it
+    first, in one line, before anything loads."""
+    res = run_cli("train", *SMOKE, f"hydra.run.dir={tmp_path}/run", env={f"ACCELERATE_USE_{backend}": "true"})
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "needs GPUs" in res.stderr and "configs/accelerate/ddp.yaml" in res.stderr
+    assert not (tmp_path / "run" / "base_model").exists()
+
+
 @pytest.mark.parametrize("logger", ["wandb", "tensorboard"])
 def test_loggers_work_offline(tmp_path, logger):
     run = tmp_path / logger
     # no mode and no API key: the default must still run (offline)
     env = {"WANDB_MODE": None, "WANDB_API_KEY": None} if logger == "wandb" else None
     res = train(run, *SMOKE, f"logger={logger}", env=env)
+    history = json.loads((run / "checkpoints" / "checkpoint-10" / "trainer_state.json").read_text())["log_history"]
+    losses = {e["step"]: e["loss"] for e in history if "loss" in e}
+    assert sorted(losses) == [5, 10]  # logging_steps=5 of tiny_smoke
     if logger == "wandb":
-        assert list((run / "wandb").glob("offline-run-*"))
         assert "wandb sync" in res.stdout
+        logged = wandb_history(next((run / "wandb").glob("offline-run-*")), "train/loss")
     else:
-        assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+        logged = tensorboard_scalars(run / "tensorboard", "train/loss")
+    assert logged.keys() == losses.keys()
+    for step, loss in losses.items():
+        assert logged[step] == pytest.approx(loss, rel=1e-4), step
+
+
+def tensorboard_scalars(folder: Path, tag: str) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values = {}
+    for events in folder.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            values.update({e.step: e.value for e in acc.Scalars(tag)})
+    return values
+
+
+def wandb_history(run_dir: Path, key: str) -> dict[int, float]:
+    """`key` by trainer step from the history records of an offline wandb run's .wandb file: a ":W&B"
+    header, then LevelDB-log blocks of 32 KiB whose records (crc32, length, type) carry protobuf Records."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = next(run_dir.glob("*.wandb")).read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, chunks, values = 7, 1 << 15, [], {}
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if left < 7 or kind == 0:  # the rest of a block is padding
+            pos += left
+            continue
+        chunks.append(data[pos + 7:pos + 7 + length])
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(b"".join(chunks))
+            chunks = []
+            if record.WhichOneof("record_type") == "history":
+                items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+                if key in items:
+                    values[int(items["train/global_step"])] = float(items[key])
+    return values

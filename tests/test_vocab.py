@@ -154,6 +154,24 @@ def test_existing_output_needs_overwrite(extended, tmp_path):
     assert len(load_tok(build(tmp_path, vocab_size=2176, overwrite=True))) == 2176 and out.is_dir()
 
 
+def test_killed_before_publishing_keeps_the_old_output(extended, tmp_path):
+    """kill -9 with the new tokenizer complete but not yet renamed into place: the existing output is
+    untouched, and the next run replaces it (clearing the dead run's temporary folder)."""
+    import shutil
+
+    out = tmp_path / "ext"
+    shutil.copytree(extended, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    args = [f"corpus={SAMPLE / 'train.csv'}", "vocab_size=2176", f"output={out}", "overwrite=true"]
+    res = run_cli("vocab", *args, env={"OMP_NUM_THREADS": "1", "LLAMA2FT_KILL_AT": "before-publish"})
+    assert res.returncode == -9, res.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ext.tmp-")]
+    res = run_cli("vocab", *args, env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(load_tok(out)) == 2176 and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_cli_errors_without_traceback(tmp_path):
     (tmp_path / "empty.csv").write_text("", encoding="utf-8")
     for args, needle in ([f"corpus={tmp_path / 'empty.csv'}", "vocab_size=4096"], "is empty"), \

@@ -56,6 +56,7 @@ class WebConfig(GenerateConfig):
     auth: Optional[str] = None
     title: str = "llama2ft chat"
     concurrency: int = 4
+    max_queue: Optional[int] = 16  # browser requests allowed to wait; more get "busy, try again" (null: no limit)
 
 
 @dataclass
@@ -64,6 +65,8 @@ class ServeConfig(GenerateConfig):
     port: int = 8000
     api_key: Optional[str] = None
     served_name: Optional[str] = None
+    max_queue: Optional[int] = 16  # requests allowed to wait for the model; more get HTTP 503 (null: no limit)
+    max_request_bytes: int = 1_000_000  # larger request bodies get HTTP 413
 
 
 @dataclass

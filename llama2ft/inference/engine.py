@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
@@ -34,6 +35,14 @@ class _Cancelled(Exception):
     pass
 
 
+class QueueFull(Exception):
+    """More requests are waiting for the model than `max_queue` allows: try again later."""
+
+    def __init__(self, waiting: int, retry_after: int):
+        super().__init__(f"the server is busy: {waiting} requests are waiting for the model; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
 class _StopText(Exception):
     """Raised inside generate() to end it once a stop text has appeared."""
 
@@ -53,6 +62,7 @@ class Generation:
         self._error: Optional[BaseException] = None
         self._shown = ""
         self._started = False
+        self._job: Optional[Future] = None
         self._final: Optional[str] = None  # the answer cut at a stop text
         self._hold = max((len(s) for s in sampling.stop), default=1) - 1  # may be the start of a stop text
 
@@ -89,6 +99,12 @@ class Generation:
         return self.chat.tokenizer.decode(self._ids, skip_special_tokens=True)
 
     # -- consumer side
+    def start(self) -> None:
+        """Take a place in the model's queue now (raises QueueFull when it is full); iterating starts
+        it too, but a server must know before it answers with a stream."""
+        if self._job is None:
+            self._job = self.chat.submit(self._run)
+
     def _run(self) -> None:
         """Runs on the model's generation thread."""
         try:
@@ -103,7 +119,8 @@ class Generation:
             self._queue.put(None)
 
     def __iter__(self) -> Iterator[str]:
-        job = self.chat.submit(self._run)
+        self.start()
+        job = self._job
         try:
             while (piece := self._queue.get()) is not None:
                 yield piece
@@ -140,9 +157,12 @@ class ChatModel:
     template: Template
     context_length: int
     name: str = "model"
+    max_queue: Optional[int] = None  # requests allowed to wait for the model (None: no limit)
     _jobs: "queue.Queue[Optional[tuple[Callable[[], Any], Future]]]" = field(default_factory=queue.Queue, repr=False)
     _worker: Optional[threading.Thread] = field(default=None, repr=False)
     _worker_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _waiting: int = field(default=0, repr=False)
+    _job_seconds: float = field(default=1.0, repr=False)  # running mean, for Retry-After
 
     def submit(self, fn: Callable[[], Any]) -> Future:
         """Run `fn` on the model's one generation thread, after the jobs already waiting.
@@ -152,9 +172,12 @@ class ChatModel:
         because CUDA work in a fresh thread runs slowly at first (measured on an H100: the first
         generate in a new thread at 14 tokens/s, later ones at 40, the main thread at 33)."""
         with self._worker_lock:
+            if self.max_queue is not None and self._waiting >= self.max_queue:
+                raise QueueFull(self._waiting, max(1, round(self._job_seconds * (self._waiting + 1))))
             if self._worker is None:
                 self._worker = threading.Thread(target=self._serve, name=f"generate-{self.name}", daemon=True)
                 self._worker.start()
+            self._waiting += 1
         job: Future = Future()
         self._jobs.put((fn, job))
         return job
@@ -170,12 +193,16 @@ class ChatModel:
     def _serve(self) -> None:
         while (item := self._jobs.get()) is not None:
             fn, job = item
+            with self._worker_lock:
+                self._waiting -= 1
             if not job.set_running_or_notify_cancel():
                 continue
+            started = time.monotonic()
             try:
                 job.set_result(fn())
             except BaseException as exc:  # handed to whoever waits on the job
                 job.set_exception(exc)
+            self._job_seconds = 0.8 * self._job_seconds + 0.2 * (time.monotonic() - started)
 
     def template_for(self, system: Optional[str]) -> Template:
         return self.template if system is None else get_template(self.template.name, system or None)

@@ -2,7 +2,9 @@
 bitsandbytes quantization, the dtype a precision setting stands for, and the allowed values of these."""
 from __future__ import annotations
 
-from typing import Any, Optional
+import json
+from pathlib import Path
+from typing import Any, Optional, Union
 
 import torch
 
@@ -40,6 +42,31 @@ def load_tokenizer(model_cfg: Any) -> Any:
     tok = open_tokenizer(source, model_cfg.revision, model_cfg.trust_remote_code, need_bos_eos=True)
     tok.padding_side = "right"
     return tok
+
+
+# A text whose tokens show whether `▁` is put in front of the text after each special token.
+_PROBE = "<s>Human: 你好\n</s><s>Assistant: Hello 12"
+
+
+def save_tokenizer(tok: Any, folder: Union[str, Path]) -> None:
+    """`tok.save_pretrained(folder)`, keeping the tokenizer's behaviour: transformers 5 saves a Llama
+    tokenizer loaded with `legacy: true` without that key, and the saved folder then reloads with
+    another pre-tokenizer (no `▁` after special tokens: `<s>Human` becomes `H`, `uman`). The folder is
+    reloaded and checked to tokenize as `tok` does."""
+    from transformers import AutoTokenizer
+
+    tok.save_pretrained(str(folder))
+    legacy = getattr(tok, "legacy", None)
+    config = Path(folder) / "tokenizer_config.json"
+    if legacy is not None and config.is_file():
+        settings = json.loads(config.read_text(encoding="utf-8"))
+        if settings.get("legacy") != legacy:
+            settings["legacy"] = legacy
+            config.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    probe = _PROBE.replace("<s>", tok.bos_token or "").replace("</s>", tok.eos_token or "")
+    again = AutoTokenizer.from_pretrained(str(folder))
+    if again(probe, add_special_tokens=False)["input_ids"] != tok(probe, add_special_tokens=False)["input_ids"]:
+        raise RuntimeError(f"the tokenizer saved in {folder} does not tokenize as the one it was saved from")
 
 
 def compute_dtype(precision: str, use_cpu: bool) -> torch.dtype:
@@ -97,6 +124,17 @@ def load_model(path: str, dtype: torch.dtype, *, quant: Optional[Any] = None, de
 def context_length(model: Any) -> int:
     """How many positions the model was built for."""
     return int(getattr(model.config, "max_position_embeddings", 0) or FALLBACK_CONTEXT)
+
+
+def quantized_layers(model: Any) -> dict[str, int]:
+    """How many layers of each bitsandbytes kind (Linear4bit, Linear8bitLt) the model holds: proof that
+    quantization took effect rather than silently falling back to full precision."""
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        kind = type(module)
+        if kind.__module__.startswith("bitsandbytes"):
+            counts[kind.__name__] = counts.get(kind.__name__, 0) + 1
+    return counts
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from llama2ft.model.loading import save_tokenizer
+
 
 def build_tiny_base(init: Any, tokenizer: Any, out_dir: Path) -> str:
     """Build the Llama of the `model.init` node and save it, so that adapters trained on it load with
@@ -30,5 +32,5 @@ def build_tiny_base(init: Any, tokenizer: Any, out_dir: Path) -> str:
     model = LlamaForCausalLM(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    save_tokenizer(tokenizer, out_dir)
     return str(out_dir)

@@ -86,6 +86,24 @@ def converted(name: str, info: TensorInfo, qtype: Any, cfg: dict) -> np.ndarray:
     return np.ascontiguousarray(w.astype(np.float16 if qtype == Q.F16 else np.float32))
 
 
+def adds_space_prefix(spec: dict) -> bool:
+    """Whether a tokenizer.json prepends `▁` to every text it encodes (also after each special token, as
+    llama.cpp's add_space_prefix does): a `Prepend("▁")` normalizer or an always-prepending Metaspace."""
+    def walk(node: object) -> bool:
+        if isinstance(node, list):
+            return any(walk(n) for n in node)
+        if not isinstance(node, dict):
+            return False
+        if node.get("type") == "Prepend" and node.get("prepend") == "\u2581":
+            return True
+        if node.get("type") == "Metaspace" and (node.get("prepend_scheme") == "always"
+                                                 or node.get("add_prefix_space") is True):
+            return True
+        return any(walk(v) for k, v in node.items() if k in ("normalizers", "pretokenizers"))
+
+    return walk(spec.get("normalizer")) or walk(spec.get("pre_tokenizer"))
+
+
 def vocab_entries(source: Path, vocab_size: int) -> tuple[list[bytes], list[float], list[int], Any]:
     """Tokens, scores, token types and the tokenizer (padded with unused tokens up to vocab_size)."""
     from gguf import TokenType
@@ -155,7 +173,9 @@ def write_gguf(source: Path, output: Path, quant: str) -> int:
     w.add_pad_token_id(tok.pad_token_id if tok.pad_token_id is not None else tok.unk_token_id)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
-    w.add_add_space_prefix(False)  # our normalizer only maps ' ' to '▁'; it does not prepend one
+    # Llama-2's tokenizer puts a `▁` in front of every text it encodes (after each special token too), the
+    # embedded one does not: llama.cpp must do the same to tokenize typed prompts as transformers does
+    w.add_add_space_prefix(adds_space_prefix(json.loads(tok.backend_tokenizer.to_str())))
 
     plan = [(gguf_name(k), info, *tensor_dtype(quant, info)) for k, info in tensors.items()
             if not k.endswith("rotary_emb.inv_freq")]

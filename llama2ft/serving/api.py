@@ -3,10 +3,12 @@
 Endpoints: POST /v1/chat/completions and /v1/completions (both with `stream`), GET /v1/models, /health.
 Extra sampling fields `top_k` and `repetition_penalty` go in the request body (openai: `extra_body=`).
 Concurrent requests wait their turn for the model (the generation core's queue): each is answered as if
-it were alone, and one request's tokens never reach another's stream.
+it were alone, and one request's tokens never reach another's stream. Past `max_queue` waiting requests
+the server answers 503 with Retry-After instead of queueing without bound; request bodies are capped.
 """
 # No `from __future__ import annotations`: FastAPI reads the handlers' real annotations.
 import asyncio
+import hmac
 import json
 import time
 import uuid
@@ -18,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 
 from llama2ft.core.errors import UserError
-from llama2ft.inference.engine import ChatModel, Generation
+from llama2ft.inference.engine import ChatModel, Generation, QueueFull
 from llama2ft.inference.messages import message_text, to_turns
 from llama2ft.inference.sampling import Sampling
 from llama2ft.serving.api_models import ChatRequest, Common, CompletionRequest, error_response
@@ -38,12 +40,18 @@ class Unauthorized(Exception):
     pass
 
 
-def create_app(chat: ChatModel, defaults: Sampling, served_name: str, api_key: Optional[str] = None) -> FastAPI:
+MAX_REQUEST_BYTES = 1_000_000
+
+
+def create_app(chat: ChatModel, defaults: Sampling, served_name: str, api_key: Optional[str] = None,
+               max_request_bytes: int = MAX_REQUEST_BYTES) -> FastAPI:
     app = FastAPI(title="llama2ft", version="1")
     app.state.served = Served(chat, defaults, served_name, api_key)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(UserError, _user_error)
     app.add_exception_handler(Unauthorized, _unauthorized)
+    app.add_exception_handler(QueueFull, _busy)
+    app.add_middleware(BodyLimit, max_bytes=max_request_bytes)
     v1 = [Depends(_authorized)]
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/v1/models", models, methods=["GET"], dependencies=v1)
@@ -66,11 +74,59 @@ async def _unauthorized(_: Request, exc: Unauthorized) -> Any:
     return error_response(401, "invalid or missing API key (Authorization: Bearer ...)", "authentication_error")
 
 
+async def _busy(_: Request, exc: QueueFull) -> Any:
+    response = error_response(503, str(exc), "server_busy")
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
 def _authorized(request: Request) -> None:
     # a dependency, not an HTTP middleware: Starlette's middleware re-wraps every streamed chunk
     key = request.app.state.served.api_key
-    if key and request.headers.get("authorization", "") != f"Bearer {key}":
+    given = request.headers.get("authorization", "").encode()
+    if key and not hmac.compare_digest(given, f"Bearer {key}".encode()):  # constant time: no timing oracle
         raise Unauthorized()
+
+
+class BodyLimit:
+    """Pure ASGI middleware: a request body over `max_bytes` (declared or streamed) gets 413 before it is
+    read into memory; responses pass through untouched."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._too_large(scope, receive, send)
+        seen, refused = 0, False
+
+        async def limited() -> dict:
+            nonlocal seen, refused
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes and not refused:
+                refused = True
+                await self._too_large(scope, receive, send)
+                return {"type": "http.disconnect"}  # the app stops reading; its own answer is dropped below
+            return message
+
+        async def guarded(message: dict) -> None:
+            if not refused:
+                await send(message)
+
+        try:
+            await self.app(scope, limited, guarded)
+        except Exception:
+            if not refused:  # the app's reaction to the cut-off body, after our 413
+                raise
+
+    async def _too_large(self, scope: dict, receive: Any, send: Any) -> None:
+        response = error_response(413, f"request body over {self.max_bytes} bytes")
+        await response(scope, receive, send)
+
 
 
 # ---------------------------------------------------------------- helpers
@@ -131,11 +187,12 @@ def _head(kind: str, prefix: str, name: str) -> dict:
 
 
 # ---------------------------------------------------------------- endpoints
-def health(request: Request) -> dict:
+async def health(request: Request) -> dict:
+    # async: answered on the event loop, so it answers while every worker thread waits for the model
     return {"status": "ok", "model": request.app.state.served.name}
 
 
-def models(request: Request) -> dict:
+async def models(request: Request) -> dict:
     name = request.app.state.served.name
     return {"object": "list", "data": [{"id": name, "object": "model", "created": int(time.time()),
                                         "owned_by": "llama2ft"}]}
@@ -155,6 +212,7 @@ def chat_completions(req: ChatRequest, request: Request) -> Any:
     gen = served.chat.stream(to_turns(pairs), samp, system)  # renders and checks the prompt before streaming
     head = _head("chat.completion.chunk", "chatcmpl", served.name)
     if req.stream:
+        gen.start()  # a full queue is a 503 now, not an error inside a 200 stream
         def chunks() -> Iterator[dict]:
             yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                         "finish_reason": None}]}
@@ -180,6 +238,7 @@ def completions(req: CompletionRequest, request: Request) -> Any:
     gen = served.chat.stream_raw(prompts[0], samp)
     head = _head("text_completion", "cmpl", served.name)
     if req.stream:
+        gen.start()
         def chunks() -> Iterator[dict]:
             for piece in gen:
                 yield {**head, "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}]}

@@ -10,6 +10,10 @@ def port_problems(port: int) -> list[str]:
     return [] if 0 < int(port) < 65536 else [f"port={port}: must be in 1..65535"]
 
 
+def queue_problems(max_queue: int | None) -> list[str]:
+    return [] if max_queue is None or int(max_queue) >= 0 else [f"max_queue={max_queue}: must be >= 0 (or null)"]
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True

@@ -10,6 +10,17 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
+from llama2ft.core.errors import UserError
+
+
+def check_backend() -> None:
+    """FSDP and DeepSpeed need accelerator devices: say so before anything loads (on CPU, accelerate
+    otherwise stops inside the Trainer with "no available devices found")."""
+    for name, variable in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED")):
+        if os.environ.get(variable, "").lower() == "true" and not torch.cuda.is_available():
+            raise UserError(f"{name} (accelerate launch with its config) needs GPUs and none is available; on CPU "
+                            "use configs/accelerate/ddp.yaml (data parallel over gloo)")
+
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))

@@ -24,7 +24,8 @@ from llama2ft.data.templates import Template, get_template
 from llama2ft.evaluation.heldout import exact_match_rate, greedy_answers, questions_from_dialogues
 from llama2ft.model.attention import packed_attention
 from llama2ft.model.embeddings import embedding_module_names, resize_embeddings
-from llama2ft.model.loading import compute_dtype, count_parameters, load_model, load_tokenizer, quantization_config
+from llama2ft.model.loading import (compute_dtype, count_parameters, load_model, load_tokenizer, quantization_config,
+                                    quantized_layers, save_tokenizer)
 from llama2ft.model.lora import apply_lora, prepare_for_training
 from llama2ft.model.tiny import build_tiny_base
 from llama2ft.training import distributed
@@ -35,6 +36,19 @@ from llama2ft.training.plots import plot_loss
 def say(msg: str) -> None:
     if distributed.is_main_process():
         print(msg, flush=True)
+
+
+def step_counter() -> Any:
+    """A Trainer callback counting the optimizer steps this process runs (not those a checkpoint had)."""
+    from transformers import TrainerCallback
+
+    class StepCounter(TrainerCallback):
+        count = 0
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.count += 1
+
+    return StepCounter()
 
 
 def check_run_dir(out_dir: Path, resume: bool) -> None:
@@ -57,6 +71,7 @@ def run_training(cfg: DictConfig, out_dir: Path, resume: bool) -> dict:
     from llama2ft.data.collators import PackedCollator, PadCollator
 
     # 1. check everything that can be checked without a model
+    distributed.check_backend()
     check_run_dir(out_dir, resume)
     tokenizer = load_tokenizer(cfg.model)
     template = get_template(cfg.template.name, cfg.template.system)
@@ -74,15 +89,18 @@ def run_training(cfg: DictConfig, out_dir: Path, resume: bool) -> dict:
     # 3. model
     model, base_path, dtype = _model(cfg, tokenizer, out_dir)
     trainable, total = count_parameters(model)
-    say(f"model: {base_path} ({total:,} parameters, {trainable:,} trainable, {dtype}, quant={cfg.quant.mode})")
+    quantized = quantized_layers(model)
+    say(f"model: {base_path} ({total:,} parameters, {trainable:,} trainable, {dtype}, quant={cfg.quant.mode}"
+        + (f": {', '.join(f'{n} {kind}' for kind, n in quantized.items())})" if quantized else ")"))
     before = _sample_eval(cfg, model, tokenizer, template, prepared, "before training")
 
     # 4. train
     args = training_arguments(cfg.trainer, cfg.logger, out_dir, prepared.eval is not None,
                               cfg.data.group_by_length and not cfg.data.packing)
     collator = (PackedCollator if cfg.data.packing else PadCollator)(tokenizer.pad_token_id)
+    steps = step_counter()
     trainer = Trainer(model=model, args=args, train_dataset=prepared.train, eval_dataset=prepared.eval,
-                      data_collator=collator, processing_class=tokenizer)
+                      data_collator=collator, processing_class=tokenizer, callbacks=[steps])
     resume_from = None
     if resume:
         resume_from = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
@@ -95,6 +113,8 @@ def run_training(cfg: DictConfig, out_dir: Path, resume: bool) -> dict:
         metrics.update(trainer.evaluate())
     metrics["wall_seconds"] = round(time.time() - started, 2)
     metrics["trainable_parameters"] = trainable
+    metrics["steps_this_run"] = steps.count  # fewer than max_steps when a run resumed from a checkpoint
+    metrics["quantized_layers"] = quantized
     after = _sample_eval(cfg, trainer.model, tokenizer, template, prepared, "after training")
     if before is not None and after is not None:
         metrics["exact_match_before"], metrics["exact_match_after"] = before, after
@@ -163,8 +183,8 @@ def _save(trainer: Any, tokenizer: Any, cfg: DictConfig, out_dir: Path, metrics:
     final = out_dir / ("adapter" if cfg.lora.enabled else "model")
     with atomic_dir(final) as tmp:
         trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    tokenizer.save_pretrained(out_dir / "tokenizer")
+        save_tokenizer(tokenizer, tmp)
+    save_tokenizer(tokenizer, out_dir / "tokenizer")
     plot_loss(trainer.state.log_history, out_dir / "loss.png")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     print(f"\nsaved {final}, metrics.json, loss.png in {out_dir}", flush=True)
