@@ -44,7 +44,7 @@ def test_default_run_learns(learned_run):
     run = learned_run.path
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["exact_match_before"] <= 0.05
-    assert metrics["exact_match_after"] >= 0.5, metrics  # 0.87 measured at 400 steps; 0.98 at the full 800
+    assert metrics["exact_match_after"] >= 0.5, metrics  # 0.82 measured at 400 steps; 0.92 at the full 800
     assert metrics["eval_loss"] < 0.5
     assert "exact match after training" in learned_run.stdout
     for name in ("config.yaml", "data_stats.json", "loss.png", "tokenizer/tokenizer.json",
