@@ -121,19 +121,19 @@ def prepare_data(data: Any, template: Template, tokenizer: Any, seed: int) -> Pr
     return _load(entry, int(data.preview_rows))
 
 
-def _encode_all(data: Any, template: Template, tokenizer: Any, scans: tuple, out: Path) -> None:
+def _encode_all(data: Any, template: Template, tokenizer: Any, scans: tuple[Scan, Optional[Scan], set[int]],
+                out: Path) -> None:
     train_scan, eval_scan, held = scans
     options = EncodeOptions(data.max_seq_len, data.train_on_inputs, data.format == "raw")
     has_eval = eval_scan is not None or bool(held)
-    splits = {"train": _Split(out / "train.arrow", data, new_stats(len(train_scan.skipped)))}
-    if has_eval:
-        splits["eval"] = _Split(out / "eval.arrow", data, new_stats(len(eval_scan.skipped) if eval_scan else 0))
     sources = [(train_scan, lambda row: "eval" if row in held else "train")]
     if eval_scan is not None:
         sources.append((eval_scan, lambda row: "eval"))
     with ThreadPoolExecutor(1, thread_name_prefix="tokenize") as pool:
-        for split in splits.values():
-            split.start(template, tokenizer, options, pool)
+        coder = (data, template, tokenizer, options, pool)
+        splits = {"train": _Split(out / "train.arrow", new_stats(len(train_scan.skipped)), *coder)}
+        if has_eval:
+            splits["eval"] = _Split(out / "eval.arrow", new_stats(len(eval_scan.skipped) if eval_scan else 0), *coder)
         for scan, split_of in sources:
             for row, cell in iter_column(scan.path, data.text_column, data.encoding):
                 if scan.status[row] != BAD:
@@ -160,8 +160,10 @@ class _Split:
     """One split being encoded. The fast tokenizer works on one batch (in its own threads, without the
     GIL) while Python finishes the batch before it: on 2 cores that hides most of the Python time."""
 
-    def __init__(self, path: Path, data: Any, stats: dict):
+    def __init__(self, path: Path, stats: dict, data: Any, template: Template, tokenizer: Any,
+                 options: EncodeOptions, pool: ThreadPoolExecutor):
         self.path, self.stats = path, stats
+        self.template, self.tokenizer, self.options, self.pool = template, tokenizer, options, pool
         self.writer = SplitWriter(path, packed=bool(data.packing))
         self.packer = Packer(self.writer, data.max_seq_len) if data.packing else None
         self.capacity = data.max_seq_len
@@ -170,9 +172,6 @@ class _Split:
         self.pending: Optional[tuple[list, list, Future]] = None
         self.preview: list[tuple[int, list[int], list[int]]] = []
         self.dialogues: list[list[Turn]] = []
-
-    def start(self, template: Template, tokenizer: Any, options: EncodeOptions, pool: ThreadPoolExecutor) -> None:
-        self.template, self.tokenizer, self.options, self.pool = template, tokenizer, options, pool
 
     def add(self, row: int, cell: str, canonical: bool) -> None:
         self.batch.append((row, cell))

@@ -1,10 +1,10 @@
-"""Reading a data file into parsed rows: dialogues (`data.format=dialogue`) or plain texts (`raw`),
-every bad row reported with file and row number (or skipped and counted), and the held-out split."""
+"""Reading a small data file into parsed rows held in memory (evaluation files, the sample eval):
+dialogues (`data.format=dialogue`) or plain texts (`raw`), every bad row reported with file and row
+number (or skipped and counted). Training data goes through the streaming `pipeline` instead."""
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from llama2ft.core.errors import DataError
 from llama2ft.data.csv_reader import read_column
@@ -38,16 +38,3 @@ def read_rows(path: str, data: Any) -> Rows:
     if not parsed:
         raise DataError(f"{path}: no usable rows ({len(skipped)} skipped as malformed)")
     return Rows(path, parsed, skipped)
-
-
-def split_rows(rows: Rows, fraction: float, seed: int) -> tuple[Rows, Optional[Rows]]:
-    """Hold out a seeded random `fraction` of rows for evaluation (at least one when fraction > 0)."""
-    if fraction <= 0 or len(rows.items) < 2:
-        return rows, None
-    order = list(range(len(rows.items)))
-    random.Random(seed).shuffle(order)
-    n_eval = max(1, round(len(order) * fraction))
-    held = set(order[:n_eval])
-    train = [it for i, it in enumerate(rows.items) if i not in held]
-    evals = [it for i, it in enumerate(rows.items) if i in held]
-    return Rows(rows.path, train, rows.skipped), Rows(rows.path, evals)
