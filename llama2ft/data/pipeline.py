@@ -133,7 +133,8 @@ def _encode_all(data: Any, template: Template, tokenizer: Any, scans: tuple[Scan
         coder = (data, template, tokenizer, options, pool)
         splits = {"train": _Split(out / "train.arrow", new_stats(len(train_scan.skipped)), *coder)}
         if has_eval:
-            splits["eval"] = _Split(out / "eval.arrow", new_stats(len(eval_scan.skipped) if eval_scan else 0), *coder)
+            splits["eval"] = _Split(out / "eval.arrow", new_stats(len(eval_scan.skipped) if eval_scan else 0), *coder,
+                                    keep_dialogues=True)  # the sample eval's held-out questions
         for scan, split_of in sources:
             for row, cell in iter_column(scan.path, data.text_column, data.encoding):
                 if scan.status[row] != BAD:
@@ -161,8 +162,8 @@ class _Split:
     GIL) while Python finishes the batch before it: on 2 cores that hides most of the Python time."""
 
     def __init__(self, path: Path, stats: dict, data: Any, template: Template, tokenizer: Any,
-                 options: EncodeOptions, pool: ThreadPoolExecutor):
-        self.path, self.stats = path, stats
+                 options: EncodeOptions, pool: ThreadPoolExecutor, keep_dialogues: bool = False):
+        self.stats, self.keep_dialogues = stats, keep_dialogues and not options.raw
         self.template, self.tokenizer, self.options, self.pool = template, tokenizer, options, pool
         self.writer = SplitWriter(path, packed=bool(data.packing))
         self.packer = Packer(self.writer, data.max_seq_len) if data.packing else None
@@ -176,7 +177,7 @@ class _Split:
     def add(self, row: int, cell: str, canonical: bool) -> None:
         self.batch.append((row, cell))
         self.canonical.append(canonical)
-        if not self.options.raw and len(self.dialogues) < EVAL_DIALOGUES_KEPT:
+        if self.keep_dialogues and len(self.dialogues) < EVAL_DIALOGUES_KEPT:
             self.dialogues.append(parse_dialogue(cell))
         if len(self.batch) >= BATCH_ROWS:
             self._submit()
