@@ -3,7 +3,7 @@ types are rejected when Hydra composes; value checks are in `validation`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -55,13 +55,14 @@ class QuantConfig:
 
 @dataclass
 class DataConfig:
-    train_file: str = "???"
+    train_file: Any = "???"  # a file (csv, jsonl, json, parquet, datasets folder) or a list of them
     eval_file: Optional[str] = None
     eval_fraction: float = 0.0  # held out from train_file when there is no eval_file
     text_column: str = "text"
     encoding: Optional[str] = None  # None: UTF-8 (a BOM is fine); e.g. gbk
     max_seq_len: int = 2048
-    format: str = "dialogue"  # dialogue | raw
+    format: str = "dialogue"  # dialogue (shape detected per row) | sharegpt | openai | alpaca | community | raw
+    weights: Optional[list[float]] = None  # per train file: times its rows enter an epoch (fractions: seeded share)
     train_on_inputs: bool = False
     skip_bad_rows: bool = False
     packing: bool = False  # several samples per row, each attending only to itself

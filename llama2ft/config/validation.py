@@ -3,13 +3,15 @@ is loaded (the allowed values come from the layers that own them)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig
 
 from llama2ft.core.errors import ConfigError
 from llama2ft.core.files import is_local_path
+from llama2ft.data.mixing import input_problems
 from llama2ft.data.pipeline import PREVIEW_KEPT
+from llama2ft.data.shapes import FORMATS
 from llama2ft.data.templates import TEMPLATE_NAMES
 from llama2ft.model.loading import DTYPE_CHOICES, DTYPES, PRECISIONS, QUANT_MODES
 
@@ -20,11 +22,6 @@ WANDB_MODES = ("offline", "online", "disabled")
 def _one_of(problems: list[str], key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         problems.append(f"{key}={value!r}: must be one of {', '.join(allowed)}")
-
-
-def _file_exists(problems: list[str], key: str, value: Optional[str]) -> None:
-    if value is not None and not Path(value).is_file():
-        problems.append(f"{key}={value!r}: file not found")
 
 
 def collect_problems(cfg: DictConfig) -> list[str]:
@@ -58,13 +55,12 @@ def collect_problems(cfg: DictConfig) -> list[str]:
     _one_of(p, "quant.compute_dtype", q.compute_dtype, ("auto", *DTYPES))
     if q.mode != "none" and not lora.enabled:
         p.append(f"quant={q.mode} with lora=full: a quantized model cannot be fully fine-tuned; use a LoRA adapter")
-    _file_exists(p, "data.train_file", d.train_file)
-    _file_exists(p, "data.eval_file", d.eval_file)
+    p += input_problems(d)  # data files (csv, json, jsonl, parquet, dataset folders) and their weights
     if not 0 <= d.eval_fraction < 1:
         p.append(f"data.eval_fraction={d.eval_fraction}: must be in [0, 1)")
     if d.max_seq_len < 16:
         p.append(f"data.max_seq_len={d.max_seq_len}: must be >= 16")
-    _one_of(p, "data.format", d.format, ("dialogue", "raw"))
+    _one_of(p, "data.format", d.format, FORMATS)
     if not 0 <= d.preview_rows <= PREVIEW_KEPT:
         p.append(f"data.preview_rows={d.preview_rows}: must be in [0, {PREVIEW_KEPT}]")
     if not d.text_column:

@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-CACHE_VERSION = 2  # bump when the data step's output changes for the same inputs
+from llama2ft.data.mixing import as_list
+
+CACHE_VERSION = 3  # bump when the data step's output changes for the same inputs
 STATS_FILE = "stats.json"
 # data.* keys that do not change the tokenized result (the files count through their contents)
 _NOT_KEYED = ("cache", "cache_dir", "train_file", "eval_file", "preview_rows")
@@ -19,10 +21,15 @@ def default_cache_dir() -> Path:
 
 
 def file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    """The contents of a data file, or of every file of a folder (a datasets save_to_disk folder), and
+    its suffix (which says how it is read)."""
+    p = Path(path)
+    h = hashlib.sha256(p.suffix.lower().encode("utf-8"))
+    for q in sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]:
+        h.update(q.relative_to(p).as_posix().encode("utf-8") if q != p else b"")
+        with open(q, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()
 
 
@@ -39,7 +46,7 @@ def cache_key(data: dict, tokenizer: Any, template: tuple[str, Optional[str]], s
     settings = {k: v for k, v in data.items() if k not in _NOT_KEYED}
     parts = {
         "version": CACHE_VERSION,
-        "train": file_digest(data["train_file"]),
+        "train": [file_digest(path) for path in as_list(data["train_file"])],
         "eval": file_digest(data["eval_file"]) if data.get("eval_file") else None,
         "split_seed": split_seed,
         "tokenizer": tokenizer_digest(tokenizer),

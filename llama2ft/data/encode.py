@@ -59,8 +59,17 @@ def render_batch(items: list[tuple[int, Any]], template: Template, tokenizer: An
             out.append(template.render_cell(item, tokenizer, canonical[k] if canonical else None))
         else:
             stats["turns"] += len(item)
-            out.append(template.render(item, tokenizer))
+            out.append(_for_row(template, item, stats).render(item, tokenizer))
     return out
+
+
+def _for_row(template: Template, turns: Any, stats: dict) -> Template:
+    """The template with a row's own system prompt (a `shapes.Dialogue`'s system message), if it has one."""
+    system = getattr(turns, "system", None)
+    if system is None:
+        return template
+    stats["rows_with_system"] = stats.get("rows_with_system", 0) + 1
+    return template if system == template.system else type(template)(system)
 
 
 def finish_batch(items: list[tuple[int, Any]], rendered: list[Rendered], encodings: list[Any], template: Template,
@@ -160,6 +169,8 @@ def summary_line(stats: dict) -> str:
             f"{s['trained_tokens']} trained, {s['truncated_rows']} truncated, max length {s['max_len']}")
     if s["rows_without_trained_tokens"]:
         line += f"; {s['rows_without_trained_tokens']} rows dropped (no answer left within data.max_seq_len)"
+    if s.get("rows_with_system"):
+        line += f"; {s['rows_with_system']} rows with their own system prompt"
     if "packed_rows" in s:
         line += f"; packed into {s['packed_rows']} rows ({s['packing_fill']:.0%} full)"
     if s.get("eval"):

@@ -11,6 +11,8 @@ entry instead: it loads in seconds and is shared by every rank of a multi-GPU ru
 from __future__ import annotations
 
 import atexit
+import bisect
+import itertools
 import json
 import random
 import shutil
@@ -25,9 +27,10 @@ from llama2ft.core.errors import DataError
 from llama2ft.core.files import atomic_dir, kill_point
 from llama2ft.data import cache
 from llama2ft.data.arrow_store import Packer, SplitWriter, load_split
-from llama2ft.data.csv_reader import iter_column
-from llama2ft.data.dialogue import DialogueFormatError, Turn, format_dialogue, is_canonical, parse_dialogue
+from llama2ft.data.dialogue import Turn, format_dialogue, parse_dialogue
 from llama2ft.data.encode import BATCH_ROWS, EncodeOptions, finish_batch, new_stats, render_batch
+from llama2ft.data.mixing import copies, file_stats, file_weights, train_files
+from llama2ft.data.sources import BAD, CANONICAL, bad_row, iter_items
 from llama2ft.data.templates import Template, tokenize
 
 EVAL_DIALOGUES_KEPT = 1000  # held-out dialogues kept for the greedy answers of the sample eval
@@ -46,7 +49,14 @@ class Scan:
     status: bytearray = field(default_factory=lambda: bytearray(1))
 
 
-BAD, CANONICAL, VALID = 0, 1, 2
+@dataclass
+class Checked:
+    """The check pass over every input: the train files, the eval file, and per train file the rows
+    held out for evaluation (without an eval file)."""
+
+    train: list[Scan]
+    eval: Optional[Scan]
+    held: list[set[int]]
 
 
 @dataclass
@@ -59,91 +69,94 @@ class Prepared:
 
 
 # ---------------------------------------------------------------- 1. check
-def _check(cell: str, raw: bool) -> tuple[int, Optional[str]]:
-    """(status, problem) of one cell, checked as data.format says."""
-    if raw:
-        return (CANONICAL, None) if cell.strip() else (BAD, "empty cell")
-    if is_canonical(cell):  # the common case: valid, checked without building turns
-        return CANONICAL, None
-    try:
-        parse_dialogue(cell)
-        return VALID, None
-    except DialogueFormatError as exc:
-        return BAD, str(exc)
-
-
 def scan_file(path: str, data: Any) -> Scan:
     """Parse every row once; the first bad row raises (unless data.skip_bad_rows)."""
     scan = Scan(path)
-    for row, cell in iter_column(path, data.text_column, data.encoding):
-        status, problem = _check(cell, data.format == "raw")
-        scan.status.append(status)  # rows are numbered 1, 2, ... in file order
-        if problem is None:
-            scan.rows.append(row)
+    for item in iter_items(path, data):
+        scan.status.append(item.status)  # rows are numbered 1, 2, ... in file order
+        if item.problem is None:
+            scan.rows.append(item.row)
         elif data.skip_bad_rows:
-            scan.skipped.append((row, problem))
+            scan.skipped.append((item.row, f"{item.where}: {item.problem}"))
         else:
-            hint = " (set data.skip_bad_rows=true to skip such rows)" if problem == "empty cell" else ""
-            raise DataError(f"{path} row {row}: {problem}{hint}")
+            raise bad_row(path, item)
     if not scan.rows:
         raise DataError(f"{path}: no usable rows ({len(scan.skipped)} skipped as malformed)")
     return scan
 
 
-def check_inputs(data: Any, seed: int) -> tuple[Scan, Optional[Scan], set[int]]:
+def check_inputs(data: Any, seed: int) -> Checked:
     """Check the train and eval files; without an eval file, choose the held-out rows of the train
-    file (a seeded random data.eval_fraction of its usable rows, at least one)."""
-    train = scan_file(data.train_file, data)
+    files (a seeded random data.eval_fraction of their usable rows, at least one)."""
+    train = [scan_file(path, data) for path in train_files(data)]
+    held: list[set[int]] = [set() for _ in train]
     if data.eval_file:
-        return train, scan_file(data.eval_file, data), set()
-    if data.eval_fraction <= 0 or len(train.rows) < 2:
-        return train, None, set()
-    order = list(range(len(train.rows)))
+        return Checked(train, scan_file(data.eval_file, data), held)
+    total = sum(len(scan.rows) for scan in train)
+    if data.eval_fraction <= 0 or total < 2:
+        return Checked(train, None, held)
+    order = list(range(total))
     random.Random(seed).shuffle(order)
-    held = {train.rows[i] for i in order[: max(1, round(len(order) * data.eval_fraction))]}
-    return train, None, held
+    starts = list(itertools.accumulate((len(scan.rows) for scan in train), initial=0))
+    for i in order[: max(1, round(total * data.eval_fraction))]:
+        f = bisect.bisect_right(starts, i) - 1
+        held[f].add(train[f].rows[i - starts[f]])
+    return Checked(train, None, held)
 
 
 # ---------------------------------------------------------------- 2. encode
 def prepare_data(data: Any, template: Template, tokenizer: Any, seed: int) -> Prepared:
     """The tokenized splits, from the cache when the same inputs were prepared before. `data`: the
     data config node (train_file, eval_file, eval_fraction, text_column, encoding, format, max_seq_len,
-    train_on_inputs, skip_bad_rows, packing, cache, cache_dir, preview_rows, ...)."""
+    train_on_inputs, skip_bad_rows, packing, cache, cache_dir, preview_rows, weights, ...)."""
+    mixed = len(train_files(data)) > 1 or any(w != 1 for w in file_weights(data))
     key = cache.cache_key(_settings(data), tokenizer, (template.name, template.system),
-                          seed if not data.eval_file and data.eval_fraction > 0 else None)
+                          seed if (not data.eval_file and data.eval_fraction > 0) or mixed else None)
     entry = cache.cache_path(data.cache_dir, key) if data.cache else _scratch_dir() / key
     if cache.is_complete(entry):
         print(f"data: reusing the cached preprocessing in {entry}", flush=True)
     else:
-        scans = check_inputs(data, seed)
+        checked = check_inputs(data, seed)
         with atomic_dir(entry, exists="keep") as tmp:
-            _encode_all(data, template, tokenizer, scans, tmp)
+            _encode_all(data, template, tokenizer, checked, seed, tmp)
     return _load(entry, int(data.preview_rows))
 
 
-def _encode_all(data: Any, template: Template, tokenizer: Any, scans: tuple[Scan, Optional[Scan], set[int]],
-                out: Path) -> None:
-    train_scan, eval_scan, held = scans
+def _encode_all(data: Any, template: Template, tokenizer: Any, checked: Checked, seed: int, out: Path) -> None:
     options = EncodeOptions(data.max_seq_len, data.train_on_inputs, data.format == "raw")
-    has_eval = eval_scan is not None or bool(held)
-    sources = [(train_scan, lambda row: "eval" if row in held else "train")]
-    if eval_scan is not None:
-        sources.append((eval_scan, lambda row: "eval"))
+    has_eval = checked.eval is not None or any(checked.held)
+    weights = file_weights(data)
     with ThreadPoolExecutor(1, thread_name_prefix="tokenize") as pool:
         coder = (data, template, tokenizer, options, pool)
-        splits = {"train": _Split(out / "train.arrow", new_stats(len(train_scan.skipped)), *coder)}
+        skipped = sum(len(scan.skipped) for scan in checked.train)
+        splits = {"train": _Split(out / "train.arrow", new_stats(skipped), *coder)}
         if has_eval:
-            splits["eval"] = _Split(out / "eval.arrow", new_stats(len(eval_scan.skipped) if eval_scan else 0), *coder,
-                                    keep_dialogues=True)  # the sample eval's held-out questions
-        for scan, split_of in sources:
-            for row, cell in iter_column(scan.path, data.text_column, data.encoding):
-                if scan.status[row] != BAD:
-                    splits[split_of(row)].add(row, cell, scan.status[row] == CANONICAL)
+            splits["eval"] = _Split(out / "eval.arrow", new_stats(len(checked.eval.skipped) if checked.eval else 0),
+                                    *coder, keep_dialogues=True)  # the sample eval's held-out questions
+        per_file = []
+        for f, (scan, held) in enumerate(zip(checked.train, checked.held)):
+            counts = copies([r for r in scan.rows if r not in held], weights[f], seed, f)
+            per_file.append(file_stats(scan.path, weights[f], len(scan.rows), len(scan.skipped), len(held), counts))
+            for item in iter_items(scan.path, data, check=False):
+                if scan.status[item.row] == BAD:
+                    continue
+                canonical = scan.status[item.row] == CANONICAL
+                if item.row in held:
+                    splits["eval"].add(item.row, item.value, canonical, scan.path)
+                else:
+                    for _ in range(counts[item.row]):
+                        splits["train"].add(item.row, item.value, canonical, scan.path)
+        if checked.eval is not None:
+            for item in iter_items(checked.eval.path, data, check=False):
+                if checked.eval.status[item.row] != BAD:
+                    splits["eval"].add(item.row, item.value, checked.eval.status[item.row] == CANONICAL,
+                                      checked.eval.path)
         for split in splits.values():
             split.close()
     stats = splits["train"].stats
+    stats["files"] = per_file
     if not stats["rows"]:
-        raise DataError(f"{data.train_file}: no row has a trained token left after truncation to "
+        raise DataError(f"{', '.join(train_files(data))}: no row has a trained token left after truncation to "
                         f"data.max_seq_len={data.max_seq_len}")
     if has_eval:
         stats["eval"] = splits["eval"].stats
@@ -152,8 +165,11 @@ def _encode_all(data: Any, template: Template, tokenizer: Any, scans: tuple[Scan
                 f.write(json.dumps(format_dialogue(turns), ensure_ascii=False) + "\n")
     with (out / PREVIEW_FILE).open("w", encoding="utf-8") as f:
         for name, split in splits.items():
-            for row, ids, labels in split.preview:
-                f.write(json.dumps({"split": name, "row": row, "input_ids": ids, "labels": labels}) + "\n")
+            for (path, row), ids, labels in split.preview:
+                sample = {"split": name, "row": row, "input_ids": ids, "labels": labels}
+                if len(per_file) > 1:  # row numbers alone would be ambiguous
+                    sample["file"] = path
+                f.write(json.dumps(sample) + "\n")
     cache.write_stats(out, stats)
 
 
@@ -168,17 +184,20 @@ class _Split:
         self.writer = SplitWriter(path, packed=bool(data.packing))
         self.packer = Packer(self.writer, data.max_seq_len) if data.packing else None
         self.capacity = data.max_seq_len
-        self.batch: list[tuple[int, str]] = []
+        self.batch: list[tuple[int, Any]] = []  # (place in the batch, cell or dialogue)
+        self.where: list[tuple[str, int]] = []  # (file, row) of each row of the batch
         self.canonical: list[bool] = []
         self.pending: Optional[tuple[list, list, Future]] = None
-        self.preview: list[tuple[int, list[int], list[int]]] = []
+        self.preview: list[tuple[tuple[str, int], list[int], list[int]]] = []
         self.dialogues: list[list[Turn]] = []
 
-    def add(self, row: int, cell: str, canonical: bool) -> None:
-        self.batch.append((row, cell))
+    def add(self, row: int, value: Any, canonical: bool, path: str) -> None:
+        """One row: a checked cell or a Dialogue (see `sources.iter_items`)."""
+        self.batch.append((len(self.batch), value))
+        self.where.append((path, row))
         self.canonical.append(canonical)
         if self.keep_dialogues and len(self.dialogues) < EVAL_DIALOGUES_KEPT:
-            self.dialogues.append(parse_dialogue(cell))
+            self.dialogues.append(parse_dialogue(value) if isinstance(value, str) else list(value))
         if len(self.batch) >= BATCH_ROWS:
             self._submit()
 
@@ -186,19 +205,19 @@ class _Split:
         rendered = render_batch(self.batch, self.template, self.tokenizer, self.options, self.stats, self.canonical)
         future = self.pool.submit(tokenize, self.tokenizer, [r.text for r in rendered])
         self._finish()
-        self.pending = (self.batch, rendered, future)
-        self.batch, self.canonical = [], []
+        self.pending = (self.batch, self.where, rendered, future)
+        self.batch, self.where, self.canonical = [], [], []
 
     def _finish(self) -> None:
         if self.pending is None:
             return
-        items, rendered, future = self.pending
+        items, where, rendered, future = self.pending
         self.pending = None
         batch = finish_batch(items, rendered, future.result(), self.template, self.tokenizer, self.options,
                              self.stats)
         for i in range(min(len(batch), PREVIEW_KEPT - len(self.preview))):
             ids, labels = batch.sample(i)
-            self.preview.append((batch.rows[i], ids.tolist(), labels.tolist()))
+            self.preview.append((where[batch.rows[i]], ids.tolist(), labels.tolist()))
         (self.packer or self.writer).add_batch(batch)
         kill_point("data-batch")
 

@@ -1,19 +1,19 @@
 """Reading a small data file into parsed rows held in memory (evaluation files, the sample eval):
-dialogues (`data.format=dialogue`) or plain texts (`raw`), every bad row reported with file and row
-number (or skipped and counted). Training data goes through the streaming `pipeline` instead."""
+dialogues (`data.format=dialogue` or a forced shape) or plain texts (`raw`), from any file type the
+training data step reads, every bad row reported with file and row or line (or skipped and counted).
+Training data goes through the streaming `pipeline` instead."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
 from llama2ft.core.errors import DataError
-from llama2ft.data.csv_reader import read_column
-from llama2ft.data.dialogue import parse_rows
+from llama2ft.data.sources import read_items
 
 
 @dataclass
 class Rows:
-    """Rows of one csv, parsed: dialogues (`format=dialogue`) or plain texts (`format=raw`)."""
+    """Rows of one data file, parsed: dialogues (lists of turns) or plain texts (`format=raw`)."""
 
     path: str
     items: list[tuple[int, Any]]  # (row number, list[Turn] or str)
@@ -21,20 +21,9 @@ class Rows:
 
 
 def read_rows(path: str, data: Any) -> Rows:
-    """Read and check one csv completely (`data`: the data config node); bad rows raise, or are
+    """Read and check one data file completely (`data`: the data config node); bad rows raise, or are
     skipped with data.skip_bad_rows."""
-    cells = read_column(path, data.text_column, data.encoding)
-    if data.format == "raw":
-        items, skipped = [], []
-        for number, text in cells:
-            if text.strip():
-                items.append((number, text))
-            elif data.skip_bad_rows:
-                skipped.append((number, "empty cell"))
-            else:
-                raise DataError(f"{path} row {number}: empty cell (set data.skip_bad_rows=true to skip such rows)")
-        return Rows(path, items, skipped)
-    parsed, skipped = parse_rows(cells, path, data.skip_bad_rows)
-    if not parsed:
+    items, skipped = read_items(path, data)
+    if not items:
         raise DataError(f"{path}: no usable rows ({len(skipped)} skipped as malformed)")
-    return Rows(path, parsed, skipped)
+    return Rows(path, items, skipped)
