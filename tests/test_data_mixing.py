@@ -26,7 +26,8 @@ def chat(*messages):
 
 CASES = {  # name: (file name, contents, what the one error line must say)
     "malformed json line 7": ("a.jsonl", lines(*[GOOD] * 6, '{"conversations": [oops]}'), "line 7: malformed JSON"),
-    "malformed json array": ("a.json", "[\n" + json.dumps(GOOD) + ",\n{\"messages\": \n]", "line 4: malformed JSON (Expecting value"),
+    "malformed json array": ("a.json", "[\n" + json.dumps(GOOD) + ",\n{\"messages\": \n]",
+                             "line 4: malformed JSON (Expecting value"),
     "array never closed": ("a.json", "[" + json.dumps(GOOD), "never closed"),
     "one object": ("a.json", json.dumps(GOOD, indent=1), "one JSON object"),
     "not an object": ("a.jsonl", lines(GOOD, [1, 2]), "line 2: expected a JSON object"),

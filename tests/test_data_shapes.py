@@ -176,4 +176,5 @@ def test_prepare_and_train_on_sharegpt_jsonl(tmp_path):
                   f"hydra.run.dir={tmp_path}/run")
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["steps_this_run"] == 10 and "eval_loss" in metrics and (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+    assert metrics["steps_this_run"] == 10 and "eval_loss" in metrics
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()

@@ -107,6 +107,15 @@ def read_lines_or_column(path: str | os.PathLike[str], column: str = "text", enc
     return [t for t in texts if t.strip()]
 
 
+def iter_dicts(path: str | os.PathLike[str], encoding: str | None = None) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(row_number, {column: cell})`` for every data row, every column of the header (short rows give "")."""
+    shown = os.fspath(path)
+    with _open_csv(shown, encoding, "") as (header, rows):
+        names = [name.strip() for name in header]
+        for n, fields in rows:
+            yield n, {c: fields[i] if i < len(fields) else "" for i, c in enumerate(names)}
+
+
 def read_header(path: str | os.PathLike[str], encoding: str | None = None) -> list[str]:
     """The column names of the csv at ``path`` (decoded as `read_column` does)."""
     shown = os.fspath(path)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from llama2ft.core.errors import DataError
+from llama2ft.data.csv_reader import iter_dicts
 
 FILE_KINDS = ("csv", "jsonl", "json", "parquet", "dataset")
 _SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
@@ -86,13 +87,8 @@ def scan_records(path: str | os.PathLike[str], encoding: Optional[str] = None) -
 
 
 def _csv(path: str, encoding: Optional[str]) -> Iterator[Record]:
-    from llama2ft.data.csv_reader import _open_csv  # the csv reader's decoding and errors
-
-    with _open_csv(path, encoding, "") as (header, rows):
-        names = [name.strip() for name in header]
-        for number, cells in rows:
-            yield Record(path, number, f"row {number}", {n: cells[i] if i < len(cells) else ""
-                                                        for i, n in enumerate(names)})
+    for number, fields in iter_dicts(path, encoding):
+        yield Record(path, number, f"row {number}", fields)
 
 
 def _text_lines(path: str, encoding: Optional[str]) -> Iterator[tuple[int, str]]:

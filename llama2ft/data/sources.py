@@ -5,8 +5,7 @@ it is in the file ("row 3", "line 7") and whether it is usable."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from llama2ft.core.errors import DataError
 from llama2ft.data.csv_reader import iter_column, read_header
@@ -19,11 +18,10 @@ BAD, CANONICAL, VALID = 0, 1, 2
 _RECORD_SHAPES = ("sharegpt", "openai", "alpaca")
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(NamedTuple):  # a tuple: made for every row of every pass
     row: int  # 1, 2, ... in file order
     where: str  # for messages: "row 3" (csv, parquet, dataset folders, json arrays) or "line 7" (jsonl)
-    status: int  # BAD, CANONICAL or VALID (None when not checked)
+    status: Optional[int]  # BAD, CANONICAL or VALID (None when not checked)
     value: Any  # str (a community cell or a raw text) or Dialogue; None when BAD
     problem: Optional[str] = None
 
