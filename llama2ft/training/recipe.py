@@ -163,7 +163,7 @@ def _sample_eval(cfg: DictConfig, model: Any, tokenizer: Any, template: Template
     se = cfg.sample_eval
     if not se.enabled or not distributed.is_main_process():
         return None
-    if cfg.data.format != "dialogue":
+    if cfg.data.format == "raw":  # plain texts have no questions
         return None
     dialogues = [turns for _, turns in read_rows(se.file, cfg.data).items] if se.file else prepared.eval_dialogues
     qas = questions_from_dialogues(dialogues, se.max_questions)
