@@ -11,6 +11,7 @@ from conftest import compose, run_cli
 from llama2ft.config.validation import collect_problems
 from llama2ft.core.errors import DataError
 from llama2ft.data.pipeline import check_inputs, prepare_data
+from llama2ft.data.preview import describe_first, write_preview
 from llama2ft.data.templates import get_template
 
 GOOD = {"conversations": [{"from": "human", "value": "你好"}, {"from": "gpt", "value": "你好！"}]}
@@ -140,7 +141,9 @@ def test_weights_count_rows_per_epoch(tmp_path, tokenizer):
     assert prepared.stats["rows"] == 23
     files = prepared.stats["files"]
     assert [(f["rows"], f["weight"], f["rows_per_epoch"]) for f in files] == [(10, 2.0, 20), (6, 0.5, 3)]
-    assert {s["file"] for s in prepared.preview} <= {files[0]["file"], files[1]["file"]}
+    written = write_preview(prepared.preview, tmp_path).read_text(encoding="utf-8").splitlines()
+    assert {json.loads(line)["file"] for line in written} <= {files[0]["file"], files[1]["file"]}
+    assert files[0]["file"] in describe_first(tokenizer, prepared.preview)
     again = train_questions(mixed(tmp_path, tokenizer, "[2,0.5]"), tokenizer)
     assert again == counts  # the same seed chooses the same rows
     other_seeds = [sorted(k for k in train_questions(mixed(tmp_path, tokenizer, "[2,0.5]", s), tokenizer)

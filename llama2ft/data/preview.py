@@ -12,11 +12,13 @@ MARKS = ("⟦", "⟧")
 
 
 def write_preview(preview: list[dict], out_dir: Path) -> Path:
-    """One json object per line: {"split", "row" (the csv row number), "input_ids", "labels"}."""
+    """One json object per line: {"split", "row" (the row's number in its file), "input_ids", "labels"} and,
+    with several train files, "file"."""
     path = out_dir / "preview.jsonl"
     with path.open("w", encoding="utf-8") as f:
         for sample in preview:
-            f.write(json.dumps({k: sample[k] for k in ("split", "row", "input_ids", "labels")}) + "\n")
+            keys = ("split", "row", "input_ids", "labels", "file")
+            f.write(json.dumps({k: sample[k] for k in keys if k in sample}, ensure_ascii=False) + "\n")
     return path
 
 
@@ -26,5 +28,6 @@ def describe_first(tokenizer: Any, preview: list[dict]) -> str:
         return ""
     first = preview[0]
     text = decode_text(tokenizer, first["input_ids"], first["labels"], MARKS)
-    return (f"first {first['split']} row (row {first['row']}, {len(first['input_ids'])} tokens; "
+    where = f"{first['file']} row {first['row']}" if "file" in first else f"row {first['row']}"
+    return (f"first {first['split']} row ({where}, {len(first['input_ids'])} tokens; "
             f"trained text between {MARKS[0]} {MARKS[1]}):\n{text}")
