@@ -150,6 +150,9 @@ def test_records_name_where_each_row_is(tmp_path):
         records = list(iter_records(path))
         assert [r.fields for r in records] == rows and records[1].where.startswith("row 2"), path
     assert str(got[1].error("no 'chosen' field")) == f"{jsonl} line 3: no 'chosen' field"
+    lines_json = tmp_path / "lines.json"  # a ".json" file that holds JSON lines, as many downloads do
+    lines_json.write_text(jsonl.read_text(encoding="utf-8"), encoding="utf-8")
+    assert [(r.fields, r.where) for r in iter_records(lines_json)] == [(r.fields, r.where) for r in got]
 
 
 def test_eval_file_and_held_out_rows_from_json(tmp_path, tokenizer):
