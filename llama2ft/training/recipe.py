@@ -149,6 +149,9 @@ def _model(cfg: DictConfig, tokenizer: Any, out_dir: Path) -> tuple[Any, str, to
     model = load_model(base_path, dtype, quant=quant, device=device, revision=cfg.model.revision,
                        trust_remote_code=cfg.model.trust_remote_code, attn_implementation=attn,
                        rope_scaling=scaling_of(cfg.model.rope_scaling))
+    rope = getattr(model.config, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") != "default":  # read back from the loaded model: what it really uses
+        say(f"rope scaling: {rope['rope_type']} x{rope['factor']} (data.max_seq_len={cfg.data.max_seq_len})")
     model = prepare_for_training(model, quant is not None, cfg.trainer.gradient_checkpointing)
     also_save: list[str] = []
     grown = resize_embeddings(model, len(tokenizer), cfg.model.resize_init)
