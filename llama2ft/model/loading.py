@@ -9,7 +9,7 @@ from typing import Any, Optional, Union
 import torch
 
 from llama2ft.core.errors import UserError, first_line
-from llama2ft.model.rope import apply_rope_scaling
+from llama2ft.model.rope import apply_rope_scaling, scaled_positions
 
 DTYPES = ("float32", "bfloat16", "float16")
 DTYPE_CHOICES = ("auto", *DTYPES)  # auto: bfloat16/float16 on a GPU, float32 on CPU
@@ -129,8 +129,11 @@ def load_model(path: str, dtype: torch.dtype, *, quant: Optional[Any] = None, de
 
 
 def context_length(model: Any) -> int:
-    """How many positions the model was built for."""
-    return int(getattr(model.config, "max_position_embeddings", 0) or FALLBACK_CONTEXT)
+    """How many positions the model was built for (dynamic NTK scaling keeps the original length in
+    max_position_embeddings: it covers `factor` times more)."""
+    positions = int(getattr(model.config, "max_position_embeddings", 0) or FALLBACK_CONTEXT)
+    rope = getattr(model.config, "rope_parameters", None) or {}
+    return scaled_positions(positions, rope) if rope.get("rope_type") == "dynamic" else positions
 
 
 def quantized_layers(model: Any) -> dict[str, int]:
