@@ -203,7 +203,8 @@ def test_gguf_export_carries_the_scaling(rope_merged, tmp_path):
     with torch.no_grad():
         hf = AutoModelForCausalLM.from_pretrained(str(rope_merged), dtype=torch.float32)(
             input_ids=torch.tensor([LONG_IDS])).logits[0, -1]
-    assert float((cpp - hf).abs().max()) < 1e-2 * max(1.0, float(hf.abs().max()))
+    # measured: 1.9e-4 with the scaling keys, 1.0e-2 without them
+    assert float((cpp - hf).abs().max()) < 2e-3 * max(1.0, float(hf.abs().max()))
 
 
 @pytest.mark.slow
