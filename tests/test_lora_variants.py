@@ -171,8 +171,10 @@ def test_streaming_merge_folds_dora_like_peft(tmp_path, rslora):
 
 # ---------------------------------------------------------------- end to end
 VARIANTS = {
-    "dora_rslora_gaussian_loraplus": ["lora.use_dora=true", "lora.use_rslora=true", "lora.init=gaussian",
-                                      "trainer.loraplus_lr_ratio=8", "trainer.neftune_noise_alpha=5"],
+    # QLoRA: DoRA, rsLoRA and LoRA+ on a 4-bit base (bitsandbytes trains NF4 on CPU), merged into the float base
+    "qdora_rslora_gaussian_loraplus": ["quant=nf4", "lora.use_dora=true", "lora.use_rslora=true",
+                                       "lora.init=gaussian", "trainer.loraplus_lr_ratio=8",
+                                       "trainer.neftune_noise_alpha=5"],
     "pissa": ["lora.init=pissa"],
     "olora_rslora": ["lora.init=olora", "lora.use_rslora=true"],
 }
