@@ -4,6 +4,7 @@ configured as asked, impossible combinations are config errors, every variant tr
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,22 @@ def test_variant_trains_and_merges_within_tolerance(tmp_path, name):
         assert saved["init_lora_weights"] is True and saved["r"] == 16  # converted: plain LoRA of rank 2r
     else:
         assert saved["use_dora"] and saved["use_rslora"]
+
+
+@pytest.mark.slow
+def test_resumed_pissa_run_saves_the_same_converted_adapter(tmp_path):
+    """Resuming rebuilds the PiSSA residual and the initial adapter: the converted adapter equals the
+    uninterrupted run's."""
+    from safetensors.torch import load_file
+
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    common = ["experiment=tiny_smoke", "lora.init=pissa", "trainer.save_steps=5"]
+    assert run_cli("train", *common, f"hydra.run.dir={full}", env={"OMP_NUM_THREADS": "1"}).returncode == 0
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "checkpoint-5", resumed / "checkpoints" / "checkpoint-5")
+    res = run_cli("train", *common, "trainer.resume=true", f"hydra.run.dir={resumed}", env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((resumed / "metrics.json").read_text())["steps_this_run"] == 5
+    a = load_file(str(full / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(resumed / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
