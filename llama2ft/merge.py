@@ -34,7 +34,7 @@ def resolve_inputs(cfg: DictConfig) -> Inputs:
         problems.append("give run=RUN_DIR (a training run) or base=PATH adapters=[A,...]")
     if cfg.run is not None and (cfg.base is not None or cfg.adapters):
         problems.append("run= already names base and adapter; do not combine it with base=/adapters=")
-    scaling = scaling_of(cfg.rope_scaling)
+    scaling = scaling_of(cfg.get("rope_scaling"))
     if cfg.run is not None and scaling is not None:
         problems.append("rope_scaling= is for base=/adapters=; a run= merge uses the run's model.rope_scaling")
     if scaling is not None and (scaling["rope_type"] not in ROPE_TYPES or scaling["factor"] <= 1):

@@ -235,3 +235,17 @@ def test_trains_past_4096_positions(tmp_path):
     assert "rope scaling: yarn x4.0" in res.stdout
     assert json.loads((run / "data_stats.json").read_text())["max_len"] == 4608
     assert json.loads((run / "metrics.json").read_text())["num_input_tokens_seen"] >= 2 * 4608
+
+
+@pytest.mark.slow
+def test_merge_from_paths_takes_the_scaling(rope_run, tmp_path):
+    from transformers import AutoConfig
+
+    run = rope_run[0]
+    out = tmp_path / "m"
+    res = run_cli("merge", f"base={run / 'base_model'}", f"adapters=[{run / 'adapter'}]", f"output={out}",
+                  "rope_scaling={rope_type:linear,factor:4}", env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert AutoConfig.from_pretrained(str(out)).rope_parameters["factor"] == 4.0
+    res = run_cli("merge", f"run={run}", f"output={tmp_path / 'n'}", "rope_scaling={rope_type:linear,factor:4}")
+    assert res.returncode == 2 and "a run= merge uses the run's model.rope_scaling" in res.stderr
