@@ -18,6 +18,7 @@ from llama2ft.config.hydra_app import hydra_command
 from llama2ft.core.errors import ConfigError, UserError
 from llama2ft.core.files import atomic_dir
 from llama2ft.model.loading import DTYPES, open_tokenizer, save_tokenizer
+from llama2ft.model.rope import ROPE_TYPES, scaling_of
 from llama2ft.model.run_folder import write_chat_meta
 from llama2ft.publishing.merge import Inputs, check_fits, inputs_from_paths, inputs_from_run, read_adapter, \
     write_config, write_weights
@@ -33,6 +34,11 @@ def resolve_inputs(cfg: DictConfig) -> Inputs:
         problems.append("give run=RUN_DIR (a training run) or base=PATH adapters=[A,...]")
     if cfg.run is not None and (cfg.base is not None or cfg.adapters):
         problems.append("run= already names base and adapter; do not combine it with base=/adapters=")
+    scaling = scaling_of(cfg.get("rope_scaling"))
+    if cfg.run is not None and scaling is not None:
+        problems.append("rope_scaling= is for base=/adapters=; a run= merge uses the run's model.rope_scaling")
+    if scaling is not None and (scaling["rope_type"] not in ROPE_TYPES or scaling["factor"] <= 1):
+        problems.append(f"rope_scaling: rope_type must be one of {', '.join(ROPE_TYPES)} and factor > 1")
     if cfg.base is not None and not cfg.adapters:
         problems.append("base= needs adapters=[A,...] (at least one adapter folder)")
     if not cfg.output:
@@ -47,7 +53,7 @@ def resolve_inputs(cfg: DictConfig) -> Inputs:
         raise ConfigError(problems)
     if cfg.run is not None:
         return inputs_from_run(Path(cfg.run).expanduser())
-    return inputs_from_paths(str(cfg.base), list(cfg.adapters), cfg.tokenizer, cfg.template, cfg.system)
+    return inputs_from_paths(str(cfg.base), list(cfg.adapters), cfg.tokenizer, cfg.template, cfg.system, scaling)
 
 
 def run_merge(cfg: DictConfig) -> Path:
@@ -64,7 +70,7 @@ def run_merge(cfg: DictConfig) -> Path:
 
     with atomic_dir(output, exists="replace" if cfg.overwrite else "error") as tmp:
         shards = write_weights(layout, adapters, tmp, dtype, parse_size(str(cfg.max_shard_size)))
-        write_config(inp.base, layout, tmp, dtype_name, tok)
+        write_config(inp.base, layout, tmp, dtype_name, tok, inp.rope_scaling)
         save_tokenizer(tok, tmp)
         write_chat_meta(tmp, inp.template, inp.system)
         ids = prompt_ids(inp.template, inp.system, tok)
@@ -74,7 +80,7 @@ def run_merge(cfg: DictConfig) -> Path:
         write_card(card, tmp / "README.md")
         if cfg.verify:
             diff, tol = verify(inp.base, inp.adapters, tmp, ids, layout["model.embed_tokens.weight"].shape[0],
-                               TOLERANCE[dtype_name])
+                               TOLERANCE[dtype_name], inp.rope_scaling)
             print(f"verified: max |logit diff| {diff:.3g} (tolerance {tol:.3g}) on {len(ids)} prompts", flush=True)
         else:
             print("verify=false: the merged logits were not checked against base+adapter", flush=True)

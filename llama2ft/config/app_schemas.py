@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from llama2ft.config.train_schema import QuantConfig, TemplateConfig
+from llama2ft.config.train_schema import QuantConfig, RopeScaling, TemplateConfig
 from llama2ft.inference.sampling import Sampling
 
 
@@ -95,6 +95,7 @@ class MergeConfig:
     output: Optional[str] = None
     dtype: Optional[str] = None  # float16 | bfloat16 | float32
     max_shard_size: str = "5GB"
+    rope_scaling: RopeScaling = field(default_factory=RopeScaling)  # base=/adapters=: as the adapters trained
     verify: bool = True
     overwrite: bool = False
 

@@ -24,6 +24,15 @@ class TinyInit:
 
 
 @dataclass
+class RopeScaling:
+    """RoPE scaling for a context longer than the base's max_position_embeddings (rope_type null: none).
+    A node with defaults rather than None, so `model.rope_scaling={rope_type: yarn, factor: 4}` merges."""
+
+    rope_type: Optional[str] = None  # null | linear | dynamic | yarn
+    factor: float = 1.0
+
+
+@dataclass
 class ModelConfig:
     name_or_path: Optional[str] = None  # local folder or hub id; None builds a Llama from `init`
     tokenizer: Optional[str] = None  # defaults to name_or_path
@@ -34,6 +43,7 @@ class ModelConfig:
     init: Optional[TinyInit] = None
     # Embedding/head rows added for a tokenizer larger than the model (llama2ft-vocab): mean | normal
     resize_init: str = "mean"
+    rope_scaling: RopeScaling = field(default_factory=RopeScaling)  # {rope_type: linear, factor: 2}: 2x positions
 
 
 @dataclass
@@ -44,6 +54,9 @@ class LoraConfig:
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: list(LLAMA_PROJECTIONS))
     modules_to_save: list[str] = field(default_factory=list)
+    use_dora: bool = False  # DoRA: a learned magnitude per output row on top of the LoRA direction
+    use_rslora: bool = False  # rsLoRA: scale alpha / sqrt(r) instead of alpha / r
+    init: str = "default"  # default | gaussian | pissa | olora (peft's init_lora_weights)
 
 
 @dataclass
@@ -101,6 +114,8 @@ class TrainerConfig:
     resume: bool = False
     dataloader_num_workers: int = 0
     use_cpu: bool = False
+    loraplus_lr_ratio: Optional[float] = None  # LoRA+: LoRA B matrices learn this many times faster (e.g. 16)
+    neftune_noise_alpha: Optional[float] = None  # NEFTune: noise on input embeddings while training (e.g. 5)
 
 
 @dataclass

@@ -7,6 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from llama2ft.config.variants import variant_problems
 from llama2ft.core.errors import ConfigError
 from llama2ft.core.files import is_local_path
 from llama2ft.data.mixing import input_problems
@@ -80,6 +81,7 @@ def collect_problems(cfg: DictConfig) -> list[str]:
     for name in cfg.logger.report_to:
         _one_of(p, "logger.report_to", name, REPORT_TO)
     _one_of(p, "logger.wandb_mode", cfg.logger.wandb_mode, WANDB_MODES)
+    p += variant_problems(cfg)  # LoRA variants, LoRA+, NEFTune, RoPE scaling and context length
     return p
 
 

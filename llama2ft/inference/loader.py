@@ -68,6 +68,7 @@ class Resolved:
     system: Optional[str]
     quant: str
     label: str
+    rope_scaling: Optional[dict] = None  # a run's model.rope_scaling: its base loads as it trained
 
 
 def resolve(spec: ModelSpec) -> Resolved:
@@ -78,7 +79,7 @@ def resolve(spec: ModelSpec) -> Resolved:
         base = run.base if adapter is not None else str(run.model)
         return Resolved(base, adapter, spec.tokenizer or str(run.tokenizer), spec.template or run.template,
                         spec.system if spec.system is not None else run.system, spec.quant or run.quant,
-                        spec.name or run.path.name)
+                        spec.name or run.path.name, run.rope_scaling if adapter is not None else None)
     base = str(spec.name_or_path)
     local = Path(base).expanduser()
     if is_local_path(base) and not local.exists():
@@ -110,7 +111,7 @@ def load_chat_model(spec: ModelSpec) -> ChatModel:
     device = _device(spec)
     dtype = getattr(torch, spec.dtype) if spec.dtype != "auto" else compute_dtype("auto", use_cpu=device == "cpu")
     model = load_model(r.base, dtype, quant=quantization_config(r.quant, dtype), device=device,
-                       revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+                       revision=spec.revision, trust_remote_code=spec.trust_remote_code, rope_scaling=r.rope_scaling)
     if r.adapter is not None:
         model = load_adapter(model, r.adapter, r.base)
     model.eval()

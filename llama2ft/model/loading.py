@@ -9,6 +9,7 @@ from typing import Any, Optional, Union
 import torch
 
 from llama2ft.core.errors import UserError, first_line
+from llama2ft.model.rope import apply_rope_scaling, scaled_positions
 
 DTYPES = ("float32", "bfloat16", "float16")
 DTYPE_CHOICES = ("auto", *DTYPES)  # auto: bfloat16/float16 on a GPU, float32 on CPU
@@ -99,8 +100,9 @@ def quantization_config(mode: str, dtype: torch.dtype, double_quant: bool = True
 
 def load_model(path: str, dtype: torch.dtype, *, quant: Optional[Any] = None, device: Optional[str] = None,
                revision: Optional[str] = None, trust_remote_code: bool = False,
-               attn_implementation: Optional[str] = None) -> Any:
-    """A causal LM from a folder or hub id in `dtype`, quantized by `quant` (a `quantization_config`).
+               attn_implementation: Optional[str] = None, rope_scaling: Optional[Any] = None) -> Any:
+    """A causal LM from a folder or hub id in `dtype`, quantized by `quant` (a `quantization_config`),
+    with `rope_scaling` ({rope_type, factor}, see model/rope.py) set on its config.
     `device` (e.g. "cpu", "cuda:1"): where the weights go; bitsandbytes places quantized weights while
     loading. None leaves them where transformers loads them (the Trainer or accelerate moves them)."""
     from transformers import AutoModelForCausalLM
@@ -113,6 +115,11 @@ def load_model(path: str, dtype: torch.dtype, *, quant: Optional[Any] = None, de
         if device is not None and device.startswith("cuda"):
             kwargs["device_map"] = {"": torch.device(device).index or 0}
     try:
+        if rope_scaling:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+            kwargs["config"] = apply_rope_scaling(config, rope_scaling)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"could not load the model from {path!r}: {first_line(exc)}") from exc
@@ -122,8 +129,11 @@ def load_model(path: str, dtype: torch.dtype, *, quant: Optional[Any] = None, de
 
 
 def context_length(model: Any) -> int:
-    """How many positions the model was built for."""
-    return int(getattr(model.config, "max_position_embeddings", 0) or FALLBACK_CONTEXT)
+    """How many positions the model was built for (dynamic NTK scaling keeps the original length in
+    max_position_embeddings: it covers `factor` times more)."""
+    positions = int(getattr(model.config, "max_position_embeddings", 0) or FALLBACK_CONTEXT)
+    rope = getattr(model.config, "rope_parameters", None) or {}
+    return scaled_positions(positions, rope) if rope.get("rope_type") == "dynamic" else positions
 
 
 def quantized_layers(model: Any) -> dict[str, int]:

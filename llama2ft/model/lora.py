@@ -2,12 +2,21 @@
 onto its base for inference."""
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from pathlib import Path
+from typing import Any, Optional
 
 from llama2ft.core.errors import UserError, first_line
+from llama2ft.core.files import atomic_dir
 from llama2ft.model.embeddings import adapter_vocab_rows
 
 LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# lora.init -> peft's init_lora_weights. PiSSA and OLoRA start the adapter from a factorisation of the
+# base weight and subtract it from the base, so their adapter only fits that changed base until it is
+# saved converted (see save_adapter).
+LORA_INITS = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+BASE_CHANGING_INITS = ("pissa", "olora")
+INITIAL_ADAPTER_DIR = "adapter_init"  # run folder: a PiSSA/OLoRA adapter as it was before training
 
 
 def prepare_for_training(model: Any, quantized: bool, gradient_checkpointing: bool) -> Any:
@@ -32,7 +41,8 @@ def apply_lora(model: Any, lora: Any, seed: int, also_save: list[str] | tuple[st
     to_save = list(dict.fromkeys([*lora.modules_to_save, *also_save]))
     config = LoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules),
-        modules_to_save=to_save or None, task_type="CAUSAL_LM", bias="none")
+        modules_to_save=to_save or None, task_type="CAUSAL_LM", bias="none", use_dora=lora.use_dora,
+        use_rslora=lora.use_rslora, init_lora_weights=LORA_INITS[lora.init])
     try:
         return get_peft_model(model, config)
     except ValueError as exc:
@@ -51,3 +61,41 @@ def load_adapter(model: Any, adapter: str, base: str) -> Any:
         return PeftModel.from_pretrained(model, adapter)
     except (RuntimeError, ValueError, KeyError) as exc:
         raise UserError(f"adapter {adapter} does not fit the base model {base}: {first_line(exc)}") from exc
+
+
+def changes_base(lora: Any) -> bool:
+    """Whether the adapter's initialisation rewrites the base weights (PiSSA, OLoRA)."""
+    return lora.enabled and lora.init in BASE_CHANGING_INITS
+
+
+def save_initial_adapter(model: Any, folder: Path) -> None:
+    """The untrained PiSSA/OLoRA adapter, kept to convert the trained one (peft needs the pair)."""
+    with atomic_dir(folder, exists="replace") as tmp:
+        model.save_pretrained(str(tmp))
+
+
+def save_adapter(model: Any, folder: Path, initial: Optional[Path]) -> None:
+    """Save the adapter into `folder`. With `initial` (a PiSSA/OLoRA run) peft saves it converted to a
+    plain LoRA of twice the rank relative to the *original* base: [A | A0], [B | -B0], so that merge,
+    chat and stock peft apply it to the unchanged base model."""
+    if initial is None:
+        model.save_pretrained(str(folder))
+    else:
+        with warnings.catch_warnings():  # peft warns that PiSSA should be converted: this is the conversion
+            warnings.filterwarnings("ignore", message="PiSSA changes the base weights")
+            model.save_pretrained(str(folder), path_initial_model_for_weight_conversion=str(initial))
+        restore_saved_modules(model, folder)
+
+
+def restore_saved_modules(model: Any, folder: Path) -> None:
+    """peft's conversion keeps only the LoRA pairs, yet the adapter config still lists modules_to_save:
+    put their trained copies back, or the adapter would not load."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    path = Path(folder) / "adapter_model.safetensors"
+    converted = load_file(str(path))
+    trained = get_peft_model_state_dict(model)
+    missing = {k: v.detach().cpu().contiguous() for k, v in trained.items() if k not in converted and "lora_" not in k}
+    if missing:
+        save_file({**converted, **missing}, str(path), metadata={"format": "pt"})

@@ -11,6 +11,7 @@ from typing import Optional, Union
 from omegaconf import DictConfig, OmegaConf
 
 from llama2ft.core.errors import UserError
+from llama2ft.model.rope import scaling_of
 
 # Written by llama2ft-merge beside a published model: its template and system prompt, so that chat, web,
 # API and eval render prompts the way the model was trained without being told.
@@ -42,6 +43,11 @@ class RunFolder:
     @property
     def system(self) -> Optional[str]:
         return self.cfg.template.system
+
+    @property
+    def rope_scaling(self) -> Optional[dict]:
+        """The run's model.rope_scaling ({rope_type, factor}), to load its base the way it trained."""
+        return scaling_of(self.cfg.model.get("rope_scaling"))
 
     @property
     def quant(self) -> str:

@@ -139,6 +139,26 @@ def vocab_entries(source: Path, vocab_size: int) -> tuple[list[bytes], list[floa
     return tokens, scores, types, tok
 
 
+def rope_scaling_keys(rope: dict) -> list[tuple[str, Any]]:
+    """(GGUFWriter method, value) pairs of a config's RoPE scaling, the keys llama.cpp reads
+    (`llama.rope.scaling.type`, `.factor`, `.original_context_length`). llama.cpp has no dynamic NTK:
+    a GGUF without the scaling would be another model, so that is one UserError."""
+    import gguf
+
+    kind = rope.get("rope_type", "default")
+    if kind == "default":
+        return []
+    if kind == "linear":
+        return [("add_rope_scaling_type", gguf.RopeScalingType.LINEAR),
+                ("add_rope_scaling_factor", float(rope["factor"]))]
+    if kind == "yarn":
+        return [("add_rope_scaling_type", gguf.RopeScalingType.YARN),
+                ("add_rope_scaling_factor", float(rope["factor"])),
+                ("add_rope_scaling_orig_ctx_len", int(rope["original_max_position_embeddings"]))]
+    raise UserError(f"the model uses RoPE scaling {kind!r}, which llama.cpp (GGUF) does not have; "
+                    "train with model.rope_scaling.rope_type=linear or yarn to export it")
+
+
 def write_gguf(source: Path, output: Path, quant: str) -> int:
     """Write the GGUF file (to `output`, caller makes it atomic); returns the number of tensors."""
     import gguf
@@ -147,6 +167,7 @@ def write_gguf(source: Path, output: Path, quant: str) -> int:
     tensors = base_tensors(source)
     hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
     rope = cfg.get("rope_parameters") or {}
+    scaling = rope_scaling_keys(rope)
     w = gguf.GGUFWriter(str(output), "llama")
     w.add_name(source.name)
     w.add_context_length(cfg["max_position_embeddings"])
@@ -158,6 +179,8 @@ def write_gguf(source: Path, output: Path, quant: str) -> int:
     w.add_head_count_kv(cfg.get("num_key_value_heads") or heads)
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     w.add_rope_freq_base(float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))))
+    for method, value in scaling:
+        getattr(w, method)(value)
     w.add_vocab_size(cfg["vocab_size"])
     w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                      "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant])

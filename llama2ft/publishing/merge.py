@@ -2,7 +2,8 @@
 the base weights one tensor at a time (memory stays near one tensor plus the adapters), written as
 sharded safetensors with the config and generation config that stock transformers loads.
 The merge always goes into the full-precision base (an adapter trained with quant=nf4/int8 is still
-plain LoRA A/B)."""
+plain LoRA A/B). DoRA adapters merge too: each row of W + scale * B @ A is rescaled to its learned
+magnitude, row by row as in peft."""
 from __future__ import annotations
 
 import json
@@ -17,6 +18,7 @@ from omegaconf import DictConfig
 from llama2ft.core.errors import UserError
 from llama2ft.core.files import is_hub_id
 from llama2ft.inference.sampling import Sampling
+from llama2ft.model.rope import apply_rope_scaling
 from llama2ft.model.run_folder import check_adapter, read_run, tokenizer_source
 from llama2ft.publishing.safetensors_stream import (TensorInfo, plan_shards, read_tensor, shard_names, tensor_nbytes,
                                                     write_shard)
@@ -31,6 +33,7 @@ class Adapter:
 
     path: Path
     deltas: dict[str, tuple[Any, Any, float]] = field(default_factory=dict)  # key -> (A, B, scale)
+    magnitudes: dict[str, Any] = field(default_factory=dict)  # DoRA: key -> magnitude of each output row
     saved: dict[str, Any] = field(default_factory=dict)  # modules_to_save copies: key -> full weight
 
 
@@ -46,6 +49,7 @@ class Inputs:
     template: str
     system: Optional[str]
     tiny: bool
+    rope_scaling: Optional[dict] = None  # set on the merged config (and on the base the check compares with)
 
 
 def inputs_from_run(path: Path) -> Inputs:
@@ -55,18 +59,19 @@ def inputs_from_run(path: Path) -> Inputs:
         raise UserError(f"{run.path} has no adapter/ folder: the run is a full fine-tune (model/), nothing to merge")
     check_adapter_dir(run.adapter)
     base = run.path / "base_model" if run.tiny else resolve_base(run.base, run.cfg.model.get("revision"))
-    return Inputs(base, [run.adapter], run.tokenizer, run.path, run.cfg, run.template, run.system, run.tiny)
+    return Inputs(base, [run.adapter], run.tokenizer, run.path, run.cfg, run.template, run.system, run.tiny,
+                  run.rope_scaling)
 
 
 def inputs_from_paths(base: str, adapters: list[str], tokenizer: Optional[str], template: str,
-                      system: Optional[str]) -> Inputs:
+                      system: Optional[str], rope_scaling: Optional[dict] = None) -> Inputs:
     """A base folder (or cached hub id) and adapters applied in order."""
     paths = [Path(a).expanduser() for a in adapters]
     for a in paths:
         check_adapter_dir(a)
     base_path = resolve_base(base)
     tok = Path(tokenizer).expanduser() if tokenizer else Path(tokenizer_source(paths[-1], base_path))
-    return Inputs(base_path, paths, tok, None, None, template, system, False)
+    return Inputs(base_path, paths, tok, None, None, template, system, False, rope_scaling)
 
 
 def resolve_base(name: str, revision: Optional[str] = None) -> Path:
@@ -109,12 +114,13 @@ def read_adapter(path: Path) -> Adapter:
     cfg = json.loads((path / "adapter_config.json").read_text())
     if cfg.get("peft_type") != "LORA":
         raise UserError(f"{path}: peft_type {cfg.get('peft_type')} is not LoRA; only LoRA adapters can be merged")
-    unsupported = [k for k in ("use_dora", "trainable_token_indices", "target_parameters") if cfg.get(k)]
+    unsupported = [k for k in ("trainable_token_indices", "target_parameters") if cfg.get(k)]
     if cfg.get("bias", "none") != "none" or cfg.get("fan_in_fan_out"):
         unsupported.append("bias/fan_in_fan_out")
     if unsupported:
         raise UserError(f"{path}: LoRA options {', '.join(unsupported)} are not supported by the streaming merge")
     pairs: dict[str, dict[str, Any]] = {}
+    magnitudes: dict[str, Any] = {}
     adapter = Adapter(path)
     # Full copies of modules, by priority: `x.weight` is how peft saves a modules_to_save copy;
     # `x.modules_to_save[.default].weight` the same in other peft versions; `x.base_layer.weight` the
@@ -126,7 +132,9 @@ def read_adapter(path: Path) -> Adapter:
         parts = [p for p in name.split(".") if p != "default"]
         if "original_module" in parts:
             continue
-        if "lora_A" in parts or "lora_B" in parts:
+        if "lora_magnitude_vector" in parts:
+            magnitudes[".".join(parts[:parts.index("lora_magnitude_vector")])] = tensor.to(torch.float32)
+        elif "lora_A" in parts or "lora_B" in parts:
             which = "A" if "lora_A" in parts else "B"
             i = parts.index(f"lora_{which}")
             pairs.setdefault(".".join(parts[:i]), {})[which] = tensor.to(torch.float32)
@@ -142,6 +150,10 @@ def read_adapter(path: Path) -> Adapter:
             raise UserError(f"{path}: {module} has lora_{'A' if 'A' in ab else 'B'} but not its partner")
         r, scale = _scale(cfg, module)
         adapter.deltas[f"{module}.weight"] = (ab["A"], ab["B"], scale)
+    for module, magnitude in magnitudes.items():
+        if module not in pairs:
+            raise UserError(f"{path}: {module} has a DoRA magnitude but no lora_A/lora_B")
+        adapter.magnitudes[f"{module}.weight"] = magnitude
     return adapter
 
 
@@ -158,6 +170,9 @@ def check_fits(adapters: list[Adapter], base: dict[str, TensorInfo]) -> dict[str
             if tuple(out[key].shape) != shape or a.shape[0] != b.shape[1]:
                 raise UserError(f"adapter {ad.path}: {key} has LoRA B@A of shape {list(shape)} but the base weight is "
                                 f"{list(out[key].shape)} (an adapter of another architecture?)")
+            if key in ad.magnitudes and tuple(ad.magnitudes[key].shape) != shape[:1]:
+                raise UserError(f"adapter {ad.path}: {key} has a DoRA magnitude of {ad.magnitudes[key].shape[0]} rows "
+                                f"but the weight has {shape[0]}")
         for key, tensor in ad.saved.items():
             if key not in out:
                 if key != "lm_head.weight":
@@ -175,9 +190,11 @@ def check_fits(adapters: list[Adapter], base: dict[str, TensorInfo]) -> dict[str
 
 
 # ---------------------------------------------------------------- merge
-def add_lora_(w: Any, a: Any, b: Any, scale: float) -> None:
+def add_lora_(w: Any, a: Any, b: Any, scale: float, magnitude: Optional[Any] = None) -> None:
     """w += scale * B @ A, in place, a block of rows at a time: each block is summed in float32 and
-    rounded once to w's dtype, and stays in cache (no float32 copy of the whole weight)."""
+    rounded once to w's dtype, and stays in cache (no float32 copy of the whole weight). With a DoRA
+    `magnitude`, each row of the sum is then rescaled to that row's magnitude (a row's norm needs only
+    that row, so this stays block by block)."""
     import torch
 
     step = max(1, (1 << 16) // max(1, w.shape[1]))  # 64K elements: 256 KB of float32 per block
@@ -185,6 +202,8 @@ def add_lora_(w: Any, a: Any, b: Any, scale: float) -> None:
         rows = w[i:i + step]
         acc = rows if rows.dtype == torch.float32 else rows.to(torch.float32)
         acc.addmm_(b[i:i + step], a, alpha=scale)
+        if magnitude is not None:
+            acc.mul_((magnitude[i:i + step] / torch.linalg.norm(acc, dim=1)).unsqueeze(1))
         if acc is not rows:
             rows.copy_(acc)
 
@@ -206,7 +225,7 @@ def merged_tensor(key: str, info: TensorInfo, adapters: list[Adapter], dtype: An
             elif not owned:
                 w, owned = w.clone(), True
             a, b, scale = ad.deltas[key]
-            add_lora_(w, a, b, scale)
+            add_lora_(w, a, b, scale, ad.magnitudes.get(key))
     if w is None:
         raise UserError(f"{key} is neither in the base nor in an adapter")
     if w.is_floating_point() and w.dtype != dtype:
@@ -241,11 +260,13 @@ def write_weights(layout: dict[str, TensorInfo], adapters: list[Adapter], tmp: P
     return len(shards)
 
 
-def write_config(base: Path, layout: dict[str, TensorInfo], tmp: Path, dtype_name: str, tok: Any) -> None:
-    """config.json (dtype, vocab size, no quantization) and generation_config.json with chat's sampling."""
+def write_config(base: Path, layout: dict[str, TensorInfo], tmp: Path, dtype_name: str, tok: Any,
+                 rope_scaling: Optional[dict] = None) -> None:
+    """config.json (dtype, vocab size, no quantization, the RoPE scaling the adapter trained with) and
+    generation_config.json with chat's sampling."""
     from transformers import AutoConfig, GenerationConfig
 
-    config = AutoConfig.from_pretrained(str(base))
+    config = apply_rope_scaling(AutoConfig.from_pretrained(str(base)), rope_scaling)
     config.dtype = dtype_name
     config.vocab_size = layout["model.embed_tokens.weight"].shape[0]
     if getattr(config, "quantization_config", None) is not None:

@@ -7,6 +7,7 @@ from typing import Any, Optional
 from llama2ft.core.errors import UserError
 from llama2ft.data.dialogue import Turn
 from llama2ft.data.templates import encode_prompt, get_template
+from llama2ft.model.loading import load_model
 
 # Relative tolerance of the verification (max |diff| / max(1, max |logit|)) per output dtype.
 TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 1e-2}
@@ -22,13 +23,13 @@ def prompt_ids(template_name: str, system: Optional[str], tok: Any) -> list[list
     return [encode_prompt(template, tok, [Turn("human", p)]) for p in PROMPTS]
 
 
-def reference_model(base: Path, adapters: list[Path], vocab: int) -> Any:
-    """float32 base + adapters through peft: all but the last merged in turn, the last one live."""
+def reference_model(base: Path, adapters: list[Path], vocab: int, rope_scaling: Optional[dict] = None) -> Any:
+    """float32 base (with the RoPE scaling the adapters trained with) + adapters through peft: all but
+    the last merged in turn, the last one live."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    model = load_model(str(base), torch.float32, rope_scaling=rope_scaling)
     if model.get_input_embeddings().weight.shape[0] != vocab:
         model.resize_token_embeddings(vocab)  # the adapter saved resized embeddings/head
     for i, path in enumerate(adapters):
@@ -39,7 +40,7 @@ def reference_model(base: Path, adapters: list[Path], vocab: int) -> Any:
 
 
 def verify(base: Path, adapters: list[Path], merged: Path, ids: list[list[int]], vocab: int,
-           rel_tol: float) -> tuple[float, float]:
+           rel_tol: float, rope_scaling: Optional[dict] = None) -> tuple[float, float]:
     """Max |logit difference| of merged vs base+adapters and the tolerance used; UserError if over."""
     import gc
 
@@ -50,7 +51,7 @@ def verify(base: Path, adapters: list[Path], merged: Path, ids: list[list[int]],
         with torch.no_grad():
             return [model(input_ids=torch.tensor([x])).logits[0].float() for x in ids]
 
-    ref = logits(reference_model(base, adapters, vocab))
+    ref = logits(reference_model(base, adapters, vocab, rope_scaling))
     gc.collect()  # free the reference before loading the merged copy
     # loaded in float32 so that only the weights' rounding to the output dtype shows, not half-precision math
     got = logits(AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32).eval())

@@ -63,4 +63,5 @@ def training_arguments(trainer: Any, logger: Any, out_dir: Path, has_eval: bool,
         train_sampling_strategy="group_by_length" if group_by_length else "random",
         ddp_find_unused_parameters=False,
         include_num_input_tokens_seen="non_padding",
+        neftune_noise_alpha=tr.neftune_noise_alpha,  # the Trainer adds the noise in training forwards only
     )

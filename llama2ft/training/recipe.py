@@ -26,10 +26,13 @@ from llama2ft.model.attention import packed_attention
 from llama2ft.model.embeddings import embedding_module_names, resize_embeddings
 from llama2ft.model.loading import (compute_dtype, count_parameters, load_model, load_tokenizer, quantization_config,
                                     quantized_layers, save_tokenizer)
-from llama2ft.model.lora import apply_lora, prepare_for_training
+from llama2ft.model.lora import (INITIAL_ADAPTER_DIR, apply_lora, changes_base, prepare_for_training, save_adapter,
+                                 save_initial_adapter)
+from llama2ft.model.rope import scaling_of
 from llama2ft.model.tiny import build_tiny_base
 from llama2ft.training import distributed
 from llama2ft.training.arguments import training_arguments
+from llama2ft.training.optimizer import optimizer_factory
 from llama2ft.training.plots import plot_loss
 
 
@@ -100,7 +103,8 @@ def run_training(cfg: DictConfig, out_dir: Path, resume: bool) -> dict:
     collator = (PackedCollator if cfg.data.packing else PadCollator)(tokenizer.pad_token_id)
     steps = step_counter()
     trainer = Trainer(model=model, args=args, train_dataset=prepared.train, eval_dataset=prepared.eval,
-                      data_collator=collator, processing_class=tokenizer, callbacks=[steps])
+                      data_collator=collator, processing_class=tokenizer, callbacks=[steps],
+                      optimizer_cls_and_kwargs=optimizer_factory(args, cfg.trainer.loraplus_lr_ratio))
     resume_from = None
     if resume:
         resume_from = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
@@ -143,7 +147,11 @@ def _model(cfg: DictConfig, tokenizer: Any, out_dir: Path) -> tuple[Any, str, to
     quant = quantization_config(q.mode, dtype, q.double_quant, q.compute_dtype)
     device = f"cuda:{distributed.local_rank()}" if quant is not None and on_gpu else None
     model = load_model(base_path, dtype, quant=quant, device=device, revision=cfg.model.revision,
-                       trust_remote_code=cfg.model.trust_remote_code, attn_implementation=attn)
+                       trust_remote_code=cfg.model.trust_remote_code, attn_implementation=attn,
+                       rope_scaling=scaling_of(cfg.model.rope_scaling))
+    rope = getattr(model.config, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") != "default":  # read back from the loaded model: what it really uses
+        say(f"rope scaling: {rope['rope_type']} x{rope['factor']} (data.max_seq_len={cfg.data.max_seq_len})")
     model = prepare_for_training(model, quant is not None, cfg.trainer.gradient_checkpointing)
     also_save: list[str] = []
     grown = resize_embeddings(model, len(tokenizer), cfg.model.resize_init)
@@ -155,6 +163,8 @@ def _model(cfg: DictConfig, tokenizer: Any, out_dir: Path) -> tuple[Any, str, to
                else ""))
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora, cfg.trainer.seed, also_save)
+        if changes_base(cfg.lora) and distributed.is_main_process():
+            save_initial_adapter(model, out_dir / INITIAL_ADAPTER_DIR)  # to save the trained one converted
     return model, base_path, dtype
 
 
@@ -182,7 +192,10 @@ def _sample_eval(cfg: DictConfig, model: Any, tokenizer: Any, template: Template
 def _save(trainer: Any, tokenizer: Any, cfg: DictConfig, out_dir: Path, metrics: dict) -> None:
     final = out_dir / ("adapter" if cfg.lora.enabled else "model")
     with atomic_dir(final) as tmp:
-        trainer.model.save_pretrained(tmp)
+        if cfg.lora.enabled:
+            save_adapter(trainer.model, tmp, out_dir / INITIAL_ADAPTER_DIR if changes_base(cfg.lora) else None)
+        else:
+            trainer.model.save_pretrained(tmp)
         save_tokenizer(tokenizer, tmp)
     save_tokenizer(tokenizer, out_dir / "tokenizer")
     plot_loss(trainer.state.log_history, out_dir / "loss.png")
