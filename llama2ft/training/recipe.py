@@ -31,6 +31,7 @@ from llama2ft.model.tiny import build_tiny_base
 from llama2ft.training import distributed
 from llama2ft.training.arguments import training_arguments
 from llama2ft.training.plots import plot_loss
+from llama2ft.training.speed import SpeedPlan, peak_gpu_memory, plan_speed
 
 
 def say(msg: str) -> None:
@@ -87,16 +88,19 @@ def run_training(cfg: DictConfig, out_dir: Path, resume: bool) -> dict:
     say(describe_first(tokenizer, prepared.preview))
 
     # 3. model
-    model, base_path, dtype = _model(cfg, tokenizer, out_dir)
+    model, base_path, dtype, speed = _model(cfg, tokenizer, out_dir)
     trainable, total = count_parameters(model)
     quantized = quantized_layers(model)
     say(f"model: {base_path} ({total:,} parameters, {trainable:,} trainable, {dtype}, quant={cfg.quant.mode}"
         + (f": {', '.join(f'{n} {kind}' for kind, n in quantized.items())})" if quantized else ")"))
+    for line in speed.log_lines():
+        say(line)
     before = _sample_eval(cfg, model, tokenizer, template, prepared, "before training")
 
     # 4. train
     args = training_arguments(cfg.trainer, cfg.logger, out_dir, prepared.eval is not None,
-                              cfg.data.group_by_length and not cfg.data.packing)
+                              cfg.data.group_by_length and not cfg.data.packing,
+                              checkpointing=speed.checkpointing.enabled, liger=speed.liger)
     collator = (PackedCollator if cfg.data.packing else PadCollator)(tokenizer.pad_token_id)
     steps = step_counter()
     trainer = Trainer(model=model, args=args, train_dataset=prepared.train, eval_dataset=prepared.eval,
@@ -115,6 +119,7 @@ def run_training(cfg: DictConfig, out_dir: Path, resume: bool) -> dict:
     metrics["trainable_parameters"] = trainable
     metrics["steps_this_run"] = steps.count  # fewer than max_steps when a run resumed from a checkpoint
     metrics["quantized_layers"] = quantized
+    metrics.update({**speed.metrics(), **peak_gpu_memory()})
     after = _sample_eval(cfg, trainer.model, tokenizer, template, prepared, "after training")
     if before is not None and after is not None:
         metrics["exact_match_before"], metrics["exact_match_after"] = before, after
@@ -126,8 +131,9 @@ def run_training(cfg: DictConfig, out_dir: Path, resume: bool) -> dict:
     return metrics
 
 
-def _model(cfg: DictConfig, tokenizer: Any, out_dir: Path) -> tuple[Any, str, torch.dtype]:
-    """The base (built for the embedded default), resized to the tokenizer, with its LoRA adapter."""
+def _model(cfg: DictConfig, tokenizer: Any, out_dir: Path) -> tuple[Any, str, torch.dtype, SpeedPlan]:
+    """The base (built for the embedded default), resized to the tokenizer, with its LoRA adapter, and
+    the run's speed settings (decided before peft wraps it)."""
     dtype = compute_dtype(cfg.trainer.precision, cfg.trainer.use_cpu)
     if cfg.model.dtype != "auto":
         dtype = getattr(torch, cfg.model.dtype)
@@ -144,7 +150,8 @@ def _model(cfg: DictConfig, tokenizer: Any, out_dir: Path) -> tuple[Any, str, to
     device = f"cuda:{distributed.local_rank()}" if quant is not None and on_gpu else None
     model = load_model(base_path, dtype, quant=quant, device=device, revision=cfg.model.revision,
                        trust_remote_code=cfg.model.trust_remote_code, attn_implementation=attn)
-    model = prepare_for_training(model, quant is not None, cfg.trainer.gradient_checkpointing)
+    speed = plan_speed(cfg, model, torch.device(f"cuda:{distributed.local_rank()}" if on_gpu else "cpu"))
+    model = prepare_for_training(model, quant is not None, speed.checkpointing.enabled)
     also_save: list[str] = []
     grown = resize_embeddings(model, len(tokenizer), cfg.model.resize_init)
     if grown:  # an extended tokenizer (llama2ft-vocab): the new rows must train
@@ -155,7 +162,7 @@ def _model(cfg: DictConfig, tokenizer: Any, out_dir: Path) -> tuple[Any, str, to
                else ""))
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora, cfg.trainer.seed, also_save)
-    return model, base_path, dtype
+    return model, base_path, dtype, speed
 
 
 def _sample_eval(cfg: DictConfig, model: Any, tokenizer: Any, template: Template, prepared: Prepared,
