@@ -27,7 +27,7 @@ LOG=$OUT/gpu_run.log
 mkdir -p "$RES" "$WORK"
 : > "$LOG"
 cd "$(dirname "$0")/.." || exit 1
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+if [ "$DEVICE" = cuda ] && [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "wheel install failed"; exit 1; }
   export PYTHONPATH=/tmp/site:$PWD
