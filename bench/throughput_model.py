@@ -42,7 +42,8 @@ def build_model(args: argparse.Namespace, vocab: int, attn: str, checkpointing: 
     shape = Shape.of(cfg)
     plan = plan_checkpointing(checkpointing, shape=shape, tokens=tokens, dtype_bytes=torch.finfo(args.dtype).bits // 8,
                               weight_bytes=0, trainable=lora_parameters(shape, p["r"], TARGETS, []),
-                              free_bytes=free_memory(torch.device(args.device)), lora_dropout=lora_dropout > 0, fused_loss=liger)
+                              free_bytes=free_memory(torch.device(args.device)), lora_dropout=lora_dropout > 0,
+                              fused_loss=liger)
     if plan.enabled:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

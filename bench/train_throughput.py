@@ -326,7 +326,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     result.update({f"llama2ft_{k}": v for k, v in fo.items()})
     result.update({"init_eval_loss": init_eval, "matmul_peak_tflops": peak / 1e12, "device": args.device,
                    "device_name": name, "preset": args.preset, "attention": args.attn, "data": data_label,
-                   "samples": len(train), "max_seq_len": args.max_seq_len, "baseline_rows_per_batch": args.baseline_rows,
+                   "samples": len(train), "max_seq_len": args.max_seq_len,
+                   "baseline_rows_per_batch": args.baseline_rows,
                    "llama2ft_rows_per_batch": rows, "schedule": args.schedule,
                    "wall_s": time.perf_counter() - start})
     result = {k: (round(v, 4) if math.isfinite(v) else None) if isinstance(v, float) else v for k, v in result.items()}

@@ -30,8 +30,8 @@ def test_dry_run_on_cpu_runs_every_stage(tmp_path):
     results = tmp_path / "out" / "bench" / "results"
     commands = json.loads((results / "gpu-commands.json").read_text())
     assert commands["device"] == "cpu"
-    assert commands["stages_rc"] == {s: "0" for s in ("checks", "bench_synthetic", "bench_sharegpt", "model", "train_nf4",
-                                                      "train_bf16", "merge", "chat")}, log[-3000:]
+    stages = ("checks", "bench_synthetic", "bench_sharegpt", "model", "train_nf4", "train_bf16", "merge", "chat")
+    assert commands["stages_rc"] == {s: "0" for s in stages}, log[-3000:]
     nf4, bf16 = commands["run-nf4"], commands["run-bf16"]
     assert nf4["quantized_layers"].get("Linear4bit", 0) > 0 and nf4["gradient_checkpointing"] is True
     assert bf16["quantized_layers"] == {} and bf16["gradient_checkpointing"] is False  # auto: a tiny step fits

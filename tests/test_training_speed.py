@@ -16,7 +16,8 @@ PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 
 def plan_7b(setting: str = "auto", free_gib: float = 80, weights_gib: float = 12.6, tokens: int = 2 * 2048,
             fused: bool = False, dropout: bool = True):
-    return plan_checkpointing(setting, shape=LLAMA_7B, tokens=tokens, dtype_bytes=2, weight_bytes=int(weights_gib * GIB),
+    return plan_checkpointing(setting, shape=LLAMA_7B, tokens=tokens, dtype_bytes=2,
+                              weight_bytes=int(weights_gib * GIB),
                               trainable=lora_parameters(LLAMA_7B, 64, PROJECTIONS, []),
                               free_bytes=int(free_gib * GIB), lora_dropout=dropout, fused_loss=fused)
 
@@ -62,7 +63,8 @@ def test_kernel_and_checkpointing_config_errors(monkeypatch):
     assert any("trainer.kernels=liger: liger-kernel is not installed" in p for p in problems), problems
     assert any("trainer.gradient_checkpointing='sometimes'" in p for p in problems), problems
     assert any("trainer.kernels='fast'" in p for p in collect_problems(compose(["trainer.kernels=fast"])))
-    for ok in (["trainer.kernels=none", "trainer.gradient_checkpointing=true"], ["trainer.gradient_checkpointing=false"]):
+    for ok in (["trainer.kernels=none", "trainer.gradient_checkpointing=true"],
+               ["trainer.gradient_checkpointing=false"]):
         assert not [p for p in collect_problems(compose(ok)) if "trainer." in p]
 
 

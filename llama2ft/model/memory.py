@@ -93,9 +93,10 @@ def plan_checkpointing(setting: str, *, shape: Shape, tokens: int, dtype_bytes: 
                               f" GiB: {parts}; {free_bytes / GIB:.1f} GiB free)")
     enabled = needed > USABLE * free_bytes
     verdict = "does not fit" if enabled else "fits"
-    return CheckpointPlan(enabled, needed, free_bytes, f"gradient checkpointing: {'on' if enabled else 'off'} (auto: "
-                          f"one step of {tokens:,} tokens without it needs ~{needed / GIB:.1f} GiB = {parts}; {verdict} "
-                          f"in {USABLE:.0%} of {free_bytes / GIB:.1f} GiB free)")
+    return CheckpointPlan(enabled, needed, free_bytes,
+                          f"gradient checkpointing: {'on' if enabled else 'off'} (auto: one step of {tokens:,} tokens "
+                          f"without it needs ~{needed / GIB:.1f} GiB = {parts}; {verdict} in {USABLE:.0%} of "
+                          f"{free_bytes / GIB:.1f} GiB free)")
 
 
 def free_memory(device: torch.device) -> int:
