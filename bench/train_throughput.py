@@ -51,7 +51,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 if str(BENCH) not in sys.path:  # rows and batches come from the helper next to this file (runpy, imports)
     sys.path.insert(0, str(BENCH))
-from llama2ft.model.attention import packed_attention  # noqa: E402
+from llama2ft.model.attention import packed_attention, packed_row_multiple  # noqa: E402
 from llama2ft.model.kernels import use_liger  # noqa: E402
 from throughput_data import SHARED_CSV, Batch, baseline_batches, load_samples, packed_batches  # noqa: E402
 from throughput_model import PRESETS, build_model, linear_params  # noqa: E402
@@ -122,7 +122,7 @@ class Run:
         if self.name == "baseline":
             attn, ckpt, liger = a.attn, "true" if a.preset == "7b" else "false", False
         else:
-            attn, ckpt, liger = a.packed_attention or packed_attention(cuda), a.grad_ckpt, use_liger(a.kernels, cuda)
+            attn, ckpt, liger = a.packed_attention, a.grad_ckpt, use_liger(a.kernels, cuda)
         tokens = max(b.tensors["input_ids"].numel() for b in self.batches)
         self.model, plan = build_model(a, self.vocab, attn, ckpt, liger, tokens)
         self.settings = {"attention": attn, "kernels": "liger" if liger else "none",
@@ -293,8 +293,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     base = baseline_batches(train, args.baseline_rows, pad_id, args.seed)
     mean_positions = sum(b.tensors["input_ids"].numel() for b in base) / len(base)
     rows = args.packed_rows or max(1, round(mean_positions / args.max_seq_len))
-    ours = packed_batches(train, rows, args.max_seq_len, pad_id, args.seed)
-    evals = packed_batches(held, 1, args.max_seq_len, pad_id, args.seed)
+    args.packed_attention = args.packed_attention or packed_attention(args.device == "cuda")
+    ours = packed_batches(train, rows, args.max_seq_len, pad_id, args.seed,
+                          packed_row_multiple(args.packed_attention))
+    evals = packed_batches(held, 1, args.max_seq_len, pad_id, args.seed, packed_row_multiple(args.packed_attention))
     log(f"data: {data_label}; {len(train)} training rows ({sum(len(s[0]) for s in train):,} tokens after truncation "
         f"at {args.max_seq_len}), {len(held)} held out; baseline {len(base)} batches of {args.baseline_rows} rows, "
         f"llama2ft {len(ours)} batches of {rows} packed rows")

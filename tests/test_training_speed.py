@@ -126,3 +126,5 @@ def test_packed_attention_choice_per_device(monkeypatch):
     monkeypatch.setattr(attention, "flex_available", lambda: False)
     assert attention.packed_attention(cuda=True) == "sdpa"
     assert attention.packed_attention(cuda=False) == attention.NAME  # per-sample SDPA: flex has no CPU backward
+    # flex compiles per shape and works in blocks of 128: packed batches take few lengths
+    assert attention.packed_row_multiple("flex_attention") == 128 and attention.packed_row_multiple("sdpa") == 8

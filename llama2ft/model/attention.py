@@ -56,6 +56,12 @@ def register() -> str:
     return NAME
 
 
+def packed_row_multiple(attention: str) -> int:
+    """What a batch of packed rows is padded to a multiple of: flex_attention is compiled per shape and works
+    in blocks of 128, so its rows take a few lengths only; 8 (tensor cores) otherwise."""
+    return 128 if attention == "flex_attention" else 8
+
+
 def flex_available() -> bool:
     """FlexAttention can train here: torch's flex_attention and Triton to compile it (its backward does not
     run on CPU in torch 2.13)."""

@@ -22,7 +22,7 @@ from llama2ft.data.preview import describe_first, write_preview
 from llama2ft.data.rows import read_rows
 from llama2ft.data.templates import Template, get_template
 from llama2ft.evaluation.heldout import exact_match_rate, greedy_answers, questions_from_dialogues
-from llama2ft.model.attention import packed_attention
+from llama2ft.model.attention import packed_attention, packed_row_multiple
 from llama2ft.model.embeddings import embedding_module_names, resize_embeddings
 from llama2ft.model.loading import (compute_dtype, count_parameters, load_model, load_tokenizer, quantization_config,
                                     quantized_layers, save_tokenizer)
@@ -101,7 +101,8 @@ def run_training(cfg: DictConfig, out_dir: Path, resume: bool) -> dict:
     args = training_arguments(cfg.trainer, cfg.logger, out_dir, prepared.eval is not None,
                               cfg.data.group_by_length and not cfg.data.packing,
                               checkpointing=speed.checkpointing.enabled, liger=speed.liger)
-    collator = (PackedCollator if cfg.data.packing else PadCollator)(tokenizer.pad_token_id)
+    collator = (PackedCollator(tokenizer.pad_token_id, packed_row_multiple(speed.attention)) if cfg.data.packing
+                else PadCollator(tokenizer.pad_token_id))
     steps = step_counter()
     trainer = Trainer(model=model, args=args, train_dataset=prepared.train, eval_dataset=prepared.eval,
                       data_collator=collator, processing_class=tokenizer, callbacks=[steps])
