@@ -7,7 +7,7 @@
 #   model           a random Llama-2-7B-shape model saved to disk (bench/random_llama.py)
 #   train_nf4       llama2ft-train quant=nf4 on it (QLoRA, checkpointing on: peak memory at 1 x 2048 tokens)
 #   train_bf16      llama2ft-train bf16 LoRA on it (2 x 2048 tokens, checkpointing auto)
-#   merge, chat     llama2ft-merge of the nf4 run, then one llama2ft-chat prompt= on the merged folder
+#   merge, chat     llama2ft-merge of the nf4 run (else the bf16 one), then one llama2ft-chat prompt= on the merged folder
 # Results: $OUT/bench/results/gpu-*.json ("device": "cuda" and the device name in each) and $OUT/gpu_run.log.
 # Copy the JSON files to bench/results/ and commit them.
 #
@@ -77,8 +77,15 @@ train() {  # train RUN_DIR OVERRIDES...: llama2ft-train on the random model, pac
     trainer.eval_steps=1000 hydra.run.dir="$dir" "$@"
 }
 
+merge() {  # the nf4 run's adapter, or the bf16 run's if the nf4 run failed: the merge and chat path still runs
+  local run=$WORK/run-nf4
+  [ -d "$run/adapter" ] || run=$WORK/run-bf16
+  echo "merging $run"
+  $PY -m llama2ft.merge run="$run" output="$WORK/merged" verify=false
+}
+
 export DEVICE PY WORK TOK DATA SEQ STEPS TRAIN_DEV
-export -f train
+export -f train merge
 stage checks 60 150 $PY bench/gpu_checks.py $CHECKS --out "$RES/gpu-checks.json"
 stage bench_synthetic 100 170 $PY bench/train_throughput.py $BENCH --synthetic --out "$RES/gpu-bench-synthetic.json"
 stage bench_sharegpt 100 170 $PY bench/train_throughput.py $BENCH --data "$DATA" --out "$RES/gpu-bench-sharegpt.json"
@@ -87,7 +94,7 @@ stage train_nf4 90 200 train "$WORK/run-nf4" quant=nf4 trainer.gradient_checkpoi
   trainer.per_device_train_batch_size=1
 stage train_bf16 70 180 train "$WORK/run-bf16" trainer.gradient_checkpointing=auto trainer.per_device_train_batch_size=2
 rm -rf "$WORK/merged"
-stage merge 60 180 $PY -m llama2ft.merge run="$WORK/run-nf4" output="$WORK/merged" verify=false
+stage merge 60 180 merge
 stage chat 30 120 $PY -m llama2ft.chat model.name_or_path="$WORK/merged" prompt="你好，请介绍一下你自己。" \
   max_new_tokens=16
 
