@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 EXTRAS ?= web,serve,export,sweep,slurm,dev
 
-.PHONY: install train test test-fast llama-cpp bench clean
+.PHONY: install train test test-fast llama-cpp bench gpu-wheels clean
 
 install: $(VENV)/.installed
 
@@ -48,6 +48,10 @@ llama-cpp: install
 
 bench: install
 	$(PY) bench/train_throughput.py
+
+# The wheels and data bench/gpu_run.sh carries to a GPU machine (.whl/, .devdata/; see bench/README.md).
+gpu-wheels: install
+	PY=$(PY) bash scripts/gpu_wheels.sh
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

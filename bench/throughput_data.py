@@ -93,11 +93,11 @@ def baseline_batches(samples: list[tuple[list[int], list[int]]], rows: int, pad_
 
 
 def packed_batches(samples: list[tuple[list[int], list[int]]], rows: int, capacity: int, pad_id: int,
-                   seed: int) -> list[Batch]:
+                   seed: int, multiple_of: int = 8) -> list[Batch]:
     cols = pack_columns([s[0] for s in samples], [s[1] for s in samples], capacity)
     feats = [dict(zip(cols, vals)) for vals in zip(*cols.values())]
     random.Random(seed + 1).shuffle(feats)
-    collate, out = PackedCollator(pad_id), []
+    collate, out = PackedCollator(pad_id, multiple_of), []
     for i in range(0, len(feats), rows):
         group = feats[i:i + rows]
         lengths = [n for f in group for n in f["seq_lens"]]  # samples restart positions at 0

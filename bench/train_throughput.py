@@ -51,46 +51,17 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 if str(BENCH) not in sys.path:  # rows and batches come from the helper next to this file (runpy, imports)
     sys.path.insert(0, str(BENCH))
-from llama2ft.model.attention import packed_attention  # noqa: E402
+from llama2ft.model.attention import packed_attention, packed_row_multiple  # noqa: E402
+from llama2ft.model.kernels import use_liger  # noqa: E402
 from throughput_data import SHARED_CSV, Batch, baseline_batches, load_samples, packed_batches  # noqa: E402
-
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-PRESETS: dict[str, dict[str, int]] = {  # vocab 0: the tokenizer's
-    "quick": dict(hidden=64, intermediate=192, layers=2, heads=2, vocab=0, r=4, alpha=8),
-    "small": dict(hidden=256, intermediate=768, layers=4, heads=4, vocab=0, r=8, alpha=16),
-    "7b": dict(hidden=4096, intermediate=11008, layers=32, heads=32, vocab=32000, r=64, alpha=128),
-}
+from throughput_model import PRESETS, build_model, linear_params  # noqa: E402
 
 
 def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-# ---------------------------------------------------------------- model, memory, peak
-def build_model(args: argparse.Namespace, vocab: int, grad_ckpt: bool, attn: str) -> torch.nn.Module:
-    from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    p = PRESETS[args.preset]
-    cfg = LlamaConfig(vocab_size=p["vocab"] or vocab, hidden_size=p["hidden"], intermediate_size=p["intermediate"],
-                      num_hidden_layers=p["layers"], num_attention_heads=p["heads"], num_key_value_heads=p["heads"],
-                      max_position_embeddings=max(2048, args.max_seq_len), bos_token_id=1, eos_token_id=2,
-                      pad_token_id=0, tie_word_embeddings=False)
-    torch.manual_seed(args.seed)
-    with torch.device(args.device):
-        model = LlamaForCausalLM._from_config(cfg, dtype=args.dtype, attn_implementation=attn)
-    if grad_ckpt:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    lora = LoraConfig(r=p["r"], lora_alpha=p["alpha"], lora_dropout=0.05, target_modules=TARGETS, task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora)
-    return model.train()
-
-
-def linear_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "embed_tokens" not in n)
-
-
+# ---------------------------------------------------------------- memory, peak
 def _proc_kb(field_name: str) -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field_name + ":"))
@@ -142,11 +113,21 @@ class Run:
         self.peak_total_mb: Optional[float] = None
         self.eval_loss: Optional[float] = None
         self.error: Optional[str] = None
+        self.settings: dict[str, Any] = {}
 
     def setup(self) -> None:
-        # the community recipe uses stock SDPA; llama2ft uses what its trainer picks for packed rows
-        attn = self.args.attn if self.name == "baseline" else packed_attention(self.args.device == "cuda")
-        self.model = build_model(self.args, self.vocab, self.args.grad_ckpt, attn)
+        # the community recipe: stock SDPA, gradient checkpointing on the 7b shape, no fused kernels; llama2ft:
+        # what its trainer picks (packed-row attention, Liger on CUDA when installed, checkpointing if needed)
+        a, cuda = self.args, self.args.device == "cuda"
+        if self.name == "baseline":
+            attn, ckpt, liger = a.attn, "true" if a.preset == "7b" else "false", False
+        else:
+            attn, ckpt, liger = a.packed_attention, a.grad_ckpt, use_liger(a.kernels, cuda)
+        tokens = max(b.tensors["input_ids"].numel() for b in self.batches)
+        self.model, plan = build_model(a, self.vocab, attn, ckpt, liger, tokens)
+        self.settings = {"attention": attn, "kernels": "liger" if liger else "none",
+                         "gradient_checkpointing": plan.enabled}
+        log(f"[{self.name}] attention {attn}; kernels {self.settings['kernels']}; {plan.message}")
         self.n_linear = linear_params(self.model)
         self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=self.args.lr)
         if self.args.device == "cuda":
@@ -234,7 +215,7 @@ class Run:
                 "peak_total_mem_mb": self.peak_total_mb, "steps": self.step, "samples": self.samples,
                 "train_s": self.total_s, "real_tokens_per_step": self.real / max(1, self.step),
                 "train_loss_last": sum(v * n for v, n in tail) / max(1, sum(n for _, n in tail)),
-                "eval_loss": self.eval_loss, "error": self.error}
+                "eval_loss": self.eval_loss, "error": self.error, **self.settings}
 
 
 def evaluate(model: Any, batches: list[Batch], device: str) -> Optional[float]:
@@ -273,6 +254,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log-every", type=float, default=20.0, help="progress line every this many seconds")
     ap.add_argument("--quick", action="store_true", help="tiny model and rows: a few-second smoke run")
+    ap.add_argument("--kernels", choices=["auto", "liger", "none"], default="auto",
+                    help="llama2ft run: Liger's fused kernels (auto: on CUDA when installed)")
+    ap.add_argument("--grad-ckpt", choices=["auto", "true", "false"], default="auto",
+                    help="llama2ft run: gradient checkpointing (auto: only if a step would not fit)")
+    ap.add_argument("--packed-attention", default=None, help="llama2ft run: attention for packed rows "
+                    "(default: what llama2ft-train picks on the device)")
+    ap.add_argument("--out", default=None, help="also write the JSON result to this file")
     args = ap.parse_args(argv)
     big = args.device == "cuda"
     args.preset = "quick" if args.quick else (args.preset or ("7b" if big else "small"))
@@ -283,7 +271,6 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args.time_budget = args.time_budget if args.time_budget is not None else 150.0
     args.schedule = args.schedule if args.schedule != "auto" else ("sequential" if big else "interleaved")
     args.dtype = torch.bfloat16 if big else torch.float32
-    args.grad_ckpt = args.preset == "7b"
     args.attn = "flash_attention_2" if big and importlib.util.find_spec("flash_attn") else "sdpa"
     args.hidden, args.layers = PRESETS[args.preset]["hidden"], PRESETS[args.preset]["layers"]
     return args
@@ -306,8 +293,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     base = baseline_batches(train, args.baseline_rows, pad_id, args.seed)
     mean_positions = sum(b.tensors["input_ids"].numel() for b in base) / len(base)
     rows = args.packed_rows or max(1, round(mean_positions / args.max_seq_len))
-    ours = packed_batches(train, rows, args.max_seq_len, pad_id, args.seed)
-    evals = packed_batches(held, 1, args.max_seq_len, pad_id, args.seed)
+    args.packed_attention = args.packed_attention or packed_attention(args.device == "cuda")
+    ours = packed_batches(train, rows, args.max_seq_len, pad_id, args.seed,
+                          packed_row_multiple(args.packed_attention))
+    evals = packed_batches(held, 1, args.max_seq_len, pad_id, args.seed, packed_row_multiple(args.packed_attention))
     log(f"data: {data_label}; {len(train)} training rows ({sum(len(s[0]) for s in train):,} tokens after truncation "
         f"at {args.max_seq_len}), {len(held)} held out; baseline {len(base)} batches of {args.baseline_rows} rows, "
         f"llama2ft {len(ours)} batches of {rows} packed rows")
@@ -338,13 +327,17 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     result.update({f"baseline_{k}": v for k, v in fb.items()})
     result.update({f"llama2ft_{k}": v for k, v in fo.items()})
     result.update({"init_eval_loss": init_eval, "matmul_peak_tflops": peak / 1e12, "device": args.device,
-                   "device_name": name, "preset": args.preset, "attention": args.attn, "llama2ft_attention": packed_attention(args.device == "cuda"), "data": data_label,
-                   "samples": len(train), "max_seq_len": args.max_seq_len, "baseline_rows_per_batch": args.baseline_rows,
+                   "device_name": name, "preset": args.preset, "attention": args.attn, "data": data_label,
+                   "samples": len(train), "max_seq_len": args.max_seq_len,
+                   "baseline_rows_per_batch": args.baseline_rows,
                    "llama2ft_rows_per_batch": rows, "schedule": args.schedule,
                    "wall_s": time.perf_counter() - start})
     result = {k: (round(v, 4) if math.isfinite(v) else None) if isinstance(v, float) else v for k, v in result.items()}
     print_table(fb, fo, result)
     print(json.dumps(result, ensure_ascii=False), flush=True)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     return result
 
 
@@ -352,9 +345,9 @@ def print_table(fb: dict[str, Any], fo: dict[str, Any], r: dict[str, Any]) -> No
     def fmt(v: Any) -> str:
         return "-" if v is None else f"{v:,.4g}" if isinstance(v, float) else str(v)
 
-    log(f"\n{'':28}{'baseline':>16}{'llama2ft':>16}")
+    log(f"\n{'':28}{'baseline':>22}{'llama2ft':>22}")
     for key in fb:
-        log(f"{key:28}{fmt(fb[key]):>16}{fmt(fo[key]):>16}")
+        log(f"{key:28}{fmt(fb[key]):>22}{fmt(fo[key]):>22}")
     log(f"speedup (real tokens/s): {fmt(r['speedup'])}; untrained eval loss {fmt(r['init_eval_loss'])}; "
         f"wall {r['wall_s']:.0f}s")
 

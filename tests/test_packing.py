@@ -121,3 +121,25 @@ def test_varlen_attention_falls_back_for_generation_with_padding():
     model.config._attn_implementation = register()
     got = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert torch.equal(ref, got)
+
+
+@pytest.mark.slow
+def test_flex_attention_packed_losses_equal_separate_runs():
+    """FlexAttention, the GPU's choice for packed rows (model.attention.packed_attention), takes its block mask
+    from the packed position_ids: the losses equal each sample run alone. Forward only: torch has no flex
+    backward on CPU (the GPU script checks training)."""
+    gen = torch.Generator().manual_seed(3)
+    lengths = [7, 19, 3, 12, 25]
+    samples = [torch.randint(3, 96, (n,), generator=gen).tolist() for n in lengths]
+    model = tiny_lora_model().base_model.model
+    with torch.no_grad():
+        alone = torch.cat([per_token_loss(model(input_ids=torch.tensor([s])).logits, torch.tensor([s]))[0]
+                           for s in samples])
+        cols = pack_columns(samples, samples, capacity=40)
+        batch = PackedCollator(pad_token_id=0)([{k: cols[k][i] for k in cols} for i in range(len(cols["input_ids"]))])
+        model.config._attn_implementation = "flex_attention"
+        packed = per_token_loss(model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits,
+                                batch["labels"])
+    got = packed[batch["labels"][..., 1:] != IGNORE_INDEX]
+    assert got.numel() == alone.numel()
+    assert torch.allclose(got.sort().values, alone.sort().values, atol=1e-5, rtol=0)

@@ -105,7 +105,9 @@ class TrainerConfig:
     max_grad_norm: float = 1.0
     optim: str = "adamw_torch"
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: str = "auto"  # auto (on only when a step would not fit in memory) | true | false
+    kernels: str = "auto"  # auto (Liger on a CUDA GPU when installed) | liger | none
+    compile: bool = False  # torch.compile the model (TrainingArguments.torch_compile)
     logging_steps: int = 10
     eval_steps: int = 100
     save_steps: int = 200

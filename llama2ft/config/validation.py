@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
 from llama2ft.config.variants import variant_problems
@@ -14,7 +15,9 @@ from llama2ft.data.mixing import input_problems
 from llama2ft.data.pipeline import PREVIEW_KEPT
 from llama2ft.data.shapes import FORMATS
 from llama2ft.data.templates import TEMPLATE_NAMES
+from llama2ft.model.kernels import kernel_problems
 from llama2ft.model.loading import DTYPE_CHOICES, DTYPES, PRECISIONS, QUANT_MODES
+from llama2ft.model.memory import CHECKPOINTING, checkpointing_setting
 
 REPORT_TO = ("wandb", "tensorboard")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -78,6 +81,8 @@ def collect_problems(cfg: DictConfig) -> list[str]:
     if not 0 <= tr.warmup_ratio < 1:
         p.append(f"trainer.warmup_ratio={tr.warmup_ratio}: must be in [0, 1)")
     _one_of(p, "trainer.precision", tr.precision, PRECISIONS)
+    _one_of(p, "trainer.gradient_checkpointing", checkpointing_setting(tr.gradient_checkpointing), CHECKPOINTING)
+    p += kernel_problems(tr.kernels, not tr.use_cpu and torch.cuda.is_available())
     for name in cfg.logger.report_to:
         _one_of(p, "logger.report_to", name, REPORT_TO)
     _one_of(p, "logger.wandb_mode", cfg.logger.wandb_mode, WANDB_MODES)

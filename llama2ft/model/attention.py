@@ -1,4 +1,4 @@
-"""Variable-length attention for packed rows without flash-attention (CPU, or GPUs without `flash_attn`).
+"""Attention for packed rows without flash-attention (`packed_attention` picks one per device).
 
 SDPA on a packed row with a block-diagonal mask still computes the full row x row score matrix and takes
 the slow masked path. `varlen_sdpa` instead runs causal SDPA on each sample of the row, so a packed row
@@ -56,12 +56,34 @@ def register() -> str:
     return NAME
 
 
+def packed_row_multiple(attention: str) -> int:
+    """What a batch of packed rows is padded to a multiple of: flex_attention is compiled per shape and works
+    in blocks of 128, so its rows take a few lengths only; 8 (tensor cores) otherwise."""
+    return 128 if attention == "flex_attention" else 8
+
+
+def flex_available() -> bool:
+    """FlexAttention can train here: torch's flex_attention and Triton to compile it (its backward does not
+    run on CPU in torch 2.13)."""
+    import importlib.util
+
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401  (torch >= 2.5)
+    except ImportError:
+        return False
+    return importlib.util.find_spec("triton") is not None
+
+
 def packed_attention(cuda: bool) -> str:
-    """The attention used for packed rows: flash-attention's varlen kernels when installed on a GPU;
-    else masked SDPA on a GPU (on an H100 the per-sample loop measured slower than one masked kernel
-    call) and per-sample causal SDPA on CPU (faster there than the masked path)."""
+    """The attention used for packed rows, each costing sum(len_i^2) rather than row^2 where possible:
+    on a GPU flash-attention's varlen kernels when installed, else FlexAttention with a block mask built
+    from the packed position_ids (transformers' `flex_attention`), else masked SDPA (on an H100 the
+    per-sample loop measured slower than one masked kernel call); on CPU per-sample causal SDPA (faster
+    there than the masked path; flex has no CPU backward)."""
     import importlib.util
 
     if cuda:
-        return "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else "sdpa"
+        if importlib.util.find_spec("flash_attn") is not None:
+            return "flash_attention_2"
+        return "flex_attention" if flex_available() else "sdpa"
     return register()

@@ -22,9 +22,11 @@ def set_logger_env(logger: Any, out_dir: Path) -> None:
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out_dir / "tensorboard"))
 
 
-def training_arguments(trainer: Any, logger: Any, out_dir: Path, has_eval: bool, group_by_length: bool) -> Any:
+def training_arguments(trainer: Any, logger: Any, out_dir: Path, has_eval: bool, group_by_length: bool,
+                       checkpointing: bool = False, liger: bool = False) -> Any:
     """`trainer`, `logger`: the config nodes; `group_by_length`: batch rows of similar length (never
-    for packed rows, which are all about max_seq_len long)."""
+    for packed rows, which are all about max_seq_len long); `checkpointing`: the decided gradient
+    checkpointing (model.memory); `liger`: apply Liger's kernels (model.kernels) when training starts."""
     from transformers import TrainingArguments
 
     tr = trainer
@@ -45,8 +47,10 @@ def training_arguments(trainer: Any, logger: Any, out_dir: Path, has_eval: bool,
         optim=tr.optim,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
-        activation_checkpointing=tr.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if tr.gradient_checkpointing else None,
+        activation_checkpointing=checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        use_liger_kernel=liger,
+        torch_compile=tr.compile,
         logging_steps=tr.logging_steps,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=tr.eval_steps,

@@ -22,7 +22,7 @@ from llama2ft.data.preview import describe_first, write_preview
 from llama2ft.data.rows import read_rows
 from llama2ft.data.templates import Template, get_template
 from llama2ft.evaluation.heldout import exact_match_rate, greedy_answers, questions_from_dialogues
-from llama2ft.model.attention import packed_attention
+from llama2ft.model.attention import packed_attention, packed_row_multiple
 from llama2ft.model.embeddings import embedding_module_names, resize_embeddings
 from llama2ft.model.loading import (compute_dtype, count_parameters, load_model, load_tokenizer, quantization_config,
                                     quantized_layers, save_tokenizer)
@@ -34,6 +34,7 @@ from llama2ft.training import distributed
 from llama2ft.training.arguments import training_arguments
 from llama2ft.training.optimizer import optimizer_factory
 from llama2ft.training.plots import plot_loss
+from llama2ft.training.speed import SpeedPlan, peak_gpu_memory, plan_speed
 
 
 def say(msg: str) -> None:
@@ -90,17 +91,21 @@ def run_training(cfg: DictConfig, out_dir: Path, resume: bool) -> dict:
     say(describe_first(tokenizer, prepared.preview))
 
     # 3. model
-    model, base_path, dtype = _model(cfg, tokenizer, out_dir)
+    model, base_path, dtype, speed = _model(cfg, tokenizer, out_dir)
     trainable, total = count_parameters(model)
     quantized = quantized_layers(model)
     say(f"model: {base_path} ({total:,} parameters, {trainable:,} trainable, {dtype}, quant={cfg.quant.mode}"
         + (f": {', '.join(f'{n} {kind}' for kind, n in quantized.items())})" if quantized else ")"))
+    for line in speed.log_lines():
+        say(line)
     before = _sample_eval(cfg, model, tokenizer, template, prepared, "before training")
 
     # 4. train
     args = training_arguments(cfg.trainer, cfg.logger, out_dir, prepared.eval is not None,
-                              cfg.data.group_by_length and not cfg.data.packing)
-    collator = (PackedCollator if cfg.data.packing else PadCollator)(tokenizer.pad_token_id)
+                              cfg.data.group_by_length and not cfg.data.packing,
+                              checkpointing=speed.checkpointing.enabled, liger=speed.liger)
+    collator = (PackedCollator(tokenizer.pad_token_id, packed_row_multiple(speed.attention)) if cfg.data.packing
+                else PadCollator(tokenizer.pad_token_id))
     steps = step_counter()
     trainer = Trainer(model=model, args=args, train_dataset=prepared.train, eval_dataset=prepared.eval,
                       data_collator=collator, processing_class=tokenizer, callbacks=[steps],
@@ -119,6 +124,7 @@ def run_training(cfg: DictConfig, out_dir: Path, resume: bool) -> dict:
     metrics["trainable_parameters"] = trainable
     metrics["steps_this_run"] = steps.count  # fewer than max_steps when a run resumed from a checkpoint
     metrics["quantized_layers"] = quantized
+    metrics.update({**speed.metrics(), **peak_gpu_memory()})
     after = _sample_eval(cfg, trainer.model, tokenizer, template, prepared, "after training")
     if before is not None and after is not None:
         metrics["exact_match_before"], metrics["exact_match_after"] = before, after
@@ -130,8 +136,9 @@ def run_training(cfg: DictConfig, out_dir: Path, resume: bool) -> dict:
     return metrics
 
 
-def _model(cfg: DictConfig, tokenizer: Any, out_dir: Path) -> tuple[Any, str, torch.dtype]:
-    """The base (built for the embedded default), resized to the tokenizer, with its LoRA adapter."""
+def _model(cfg: DictConfig, tokenizer: Any, out_dir: Path) -> tuple[Any, str, torch.dtype, SpeedPlan]:
+    """The base (built for the embedded default), resized to the tokenizer, with its LoRA adapter, and
+    the run's speed settings (decided before peft wraps it)."""
     dtype = compute_dtype(cfg.trainer.precision, cfg.trainer.use_cpu)
     if cfg.model.dtype != "auto":
         dtype = getattr(torch, cfg.model.dtype)
@@ -152,7 +159,8 @@ def _model(cfg: DictConfig, tokenizer: Any, out_dir: Path) -> tuple[Any, str, to
     rope = getattr(model.config, "rope_parameters", None) or {}
     if rope.get("rope_type", "default") != "default":  # read back from the loaded model: what it really uses
         say(f"rope scaling: {rope['rope_type']} x{rope['factor']} (data.max_seq_len={cfg.data.max_seq_len})")
-    model = prepare_for_training(model, quant is not None, cfg.trainer.gradient_checkpointing)
+    speed = plan_speed(cfg, model, torch.device(f"cuda:{distributed.local_rank()}" if on_gpu else "cpu"))
+    model = prepare_for_training(model, quant is not None, speed.checkpointing.enabled)
     also_save: list[str] = []
     grown = resize_embeddings(model, len(tokenizer), cfg.model.resize_init)
     if grown:  # an extended tokenizer (llama2ft-vocab): the new rows must train
@@ -165,7 +173,7 @@ def _model(cfg: DictConfig, tokenizer: Any, out_dir: Path) -> tuple[Any, str, to
         model = apply_lora(model, cfg.lora, cfg.trainer.seed, also_save)
         if changes_base(cfg.lora) and distributed.is_main_process():
             save_initial_adapter(model, out_dir / INITIAL_ADAPTER_DIR)  # to save the trained one converted
-    return model, base_path, dtype
+    return model, base_path, dtype, speed
 
 
 def _sample_eval(cfg: DictConfig, model: Any, tokenizer: Any, template: Template, prepared: Prepared,
