@@ -11,6 +11,7 @@ from llama2ft.core.errors import ConfigError
 from llama2ft.core.files import is_local_path
 from llama2ft.data.pipeline import PREVIEW_KEPT
 from llama2ft.data.templates import TEMPLATE_NAMES
+from llama2ft.config.preference_checks import preference_problems
 from llama2ft.model.loading import DTYPE_CHOICES, DTYPES, PRECISIONS, QUANT_MODES
 
 REPORT_TO = ("wandb", "tensorboard")
@@ -84,6 +85,7 @@ def collect_problems(cfg: DictConfig) -> list[str]:
     for name in cfg.logger.report_to:
         _one_of(p, "logger.report_to", name, REPORT_TO)
     _one_of(p, "logger.wandb_mode", cfg.logger.wandb_mode, WANDB_MODES)
+    p += preference_problems(cfg)
     return p
 
 
