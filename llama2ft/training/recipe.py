@@ -26,7 +26,7 @@ from llama2ft.model.attention import packed_attention
 from llama2ft.model.embeddings import embedding_module_names, resize_embeddings
 from llama2ft.model.loading import (compute_dtype, count_parameters, load_model, load_tokenizer, quantization_config,
                                     quantized_layers, save_tokenizer)
-from llama2ft.model.lora import apply_lora, prepare_for_training
+from llama2ft.model.lora import apply_lora, load_adapter, prepare_for_training
 from llama2ft.model.tiny import build_tiny_base
 from llama2ft.training import distributed
 from llama2ft.training.arguments import training_arguments
@@ -70,6 +70,10 @@ def run_training(cfg: DictConfig, out_dir: Path, resume: bool) -> dict:
 
     from llama2ft.data.collators import PackedCollator, PadCollator
 
+    if cfg.method.name != "sft":  # preference tuning on pairs: its own flow, same run folder
+        from llama2ft.training.preference_run import run_preference
+
+        return run_preference(cfg, out_dir, resume)
     # 1. check everything that can be checked without a model
     distributed.check_backend()
     check_run_dir(out_dir, resume)
@@ -126,8 +130,10 @@ def run_training(cfg: DictConfig, out_dir: Path, resume: bool) -> dict:
     return metrics
 
 
-def _model(cfg: DictConfig, tokenizer: Any, out_dir: Path) -> tuple[Any, str, torch.dtype]:
-    """The base (built for the embedded default), resized to the tokenizer, with its LoRA adapter."""
+def _model(cfg: DictConfig, tokenizer: Any, out_dir: Path,
+           adapter: Optional[str] = None) -> tuple[Any, str, torch.dtype]:
+    """The base (built for the embedded default), resized to the tokenizer, with its LoRA adapter (a new
+    one, or the trained `adapter` continuing to train)."""
     dtype = compute_dtype(cfg.trainer.precision, cfg.trainer.use_cpu)
     if cfg.model.dtype != "auto":
         dtype = getattr(torch, cfg.model.dtype)
@@ -153,7 +159,9 @@ def _model(cfg: DictConfig, tokenizer: Any, out_dir: Path) -> tuple[Any, str, to
             f"resized to {grown[1]} rows (new rows: model.resize_init={cfg.model.resize_init})"
             + (f"; training them in full (lora.modules_to_save += {also_save})" if cfg.lora.enabled and also_save
                else ""))
-    if cfg.lora.enabled:
+    if adapter is not None:
+        model = load_adapter(model, adapter, base_path, trainable=True)
+    elif cfg.lora.enabled:
         model = apply_lora(model, cfg.lora, cfg.trainer.seed, also_save)
     return model, base_path, dtype
 
