@@ -165,3 +165,16 @@ def test_reference_is_the_frozen_start_and_training_moves_only_the_policy(tmp_pa
     assert margin > 0  # the policy moved, towards the chosen answers
     logged = [h for h in trainer.state.log_history if "rewards/margins" in h]
     assert logged and {"rewards/chosen", "rewards/rejected", "rewards/accuracies"} <= set(logged[-1])
+
+
+def test_cli_bad_pairs_file_fails_before_any_model(tmp_path):
+    from conftest import run_cli
+
+    bad = tmp_path / "pairs.csv"
+    bad.write_text(HEADER + "q,a,b\nq2,十七,十七\n", encoding="utf-8")
+    res = run_cli("train", "method=dpo", f"data.train_file={bad}", f"hydra.run.dir={tmp_path / 'run'}",
+                  env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {bad} row 2: chosen and rejected are the same text: the pair prefers nothing"]
+    assert not list(tmp_path.glob("tiny-sft-*"))  # the embedded SFT model was not started

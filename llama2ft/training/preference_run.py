@@ -50,11 +50,13 @@ def adopt_start(cfg: DictConfig, out_dir: Path) -> Optional[str]:
         run = read_run(start)
         cfg.template.name, cfg.template.system = run.template, run.system
         cfg.model.tokenizer = str(run.tokenizer.resolve())
-        cfg.lora = run.cfg.lora
+        for key, value in run.cfg.lora.items():  # the adapter keeps its own shape
+            cfg.lora[key] = value
         if run.tiny:  # the embedded base is small: copy it, so the new run folder stands on its own
             if distributed.is_main_process() and not (out_dir / "base_model").exists():
                 shutil.copytree(run.path / "base_model", out_dir / "base_model")
-            cfg.model.init = run.cfg.model.init
+            for key, value in run.cfg.model.init.items():
+                cfg.model.init[key] = value
         else:
             cfg.model.name_or_path = run.cfg.model.name_or_path
         for key in ("revision", "trust_remote_code", "resize_init"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -26,7 +27,8 @@ def tiny_sft_run(cfg: DictConfig, sft_cfg: DictConfig, out_dir: Path) -> Path:
     for path in (cfg.data.train_file, cfg.data.eval_file):
         if path:
             read_pairs(path, cfg.data.encoding, cfg.data.skip_bad_rows)
-    settings = OmegaConf.to_yaml(OmegaConf.masked_copy(sft_cfg, list(SFT_PARTS)), resolve=True)
+    resolved = OmegaConf.to_container(sft_cfg, resolve=True)
+    settings = json.dumps({k: resolved[k] for k in SFT_PARTS}, sort_keys=True)
     folder = out_dir.parent / f"tiny-sft-{hashlib.sha256(settings.encode()).hexdigest()[:10]}"
     if is_run_folder(folder) and (folder / "metrics.json").is_file():
         say(f"starting from the embedded SFT model {folder} (made by an earlier run)")
