@@ -50,7 +50,10 @@ def test_dpo_losses_match_hand_computation():
     assert loss.tolist() == pytest.approx([-0.9 * math.log(sig(beta * x)) - 0.1 * math.log(sig(-beta * x)) for x in h])
     loss, _ = dpo_loss(c, r, rc, rr, beta, "hinge")
     assert loss.tolist() == pytest.approx([max(0.0, 1 - beta * x) for x in h])
-    n_c, n_r = t(2, 4), t(4, 1)  # ipo compares per-token averages
+    n_c, n_r = t(2, 4), t(4, 1)
+    loss, _ = dpo_loss(c, r, rc, rr, beta, "sigmoid", chosen_len=n_c, sft_weight=0.5)  # + 0.5 x chosen's token NLL
+    assert loss.tolist() == pytest.approx([-math.log(sig(beta * x)) + 0.5 * nll for x, nll in zip(h, [1.5, 1.25])])
+    # ipo compares per-token averages
     loss, _ = dpo_loss(c, r, rc, rr, beta, "ipo", chosen_len=n_c, rejected_len=n_r)
     h_avg = [(-3.0 + 3.5) / 2 - (-4.0 + 3.5) / 4, (-5.0 + 4.0) / 4 - (-2.0 + 3.0) / 1]
     assert loss.tolist() == pytest.approx([(x - 1 / (2 * beta)) ** 2 for x in h_avg])

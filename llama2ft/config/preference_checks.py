@@ -25,6 +25,8 @@ def preference_problems(cfg: DictConfig) -> list[str]:
     if m.name == "dpo":
         if m.loss_type not in DPO_LOSS_TYPES:
             p.append(f"method.loss_type={m.loss_type!r}: must be one of {', '.join(DPO_LOSS_TYPES)}")
+        if m.sft_weight < 0:
+            p.append(f"method.sft_weight={m.sft_weight}: must be >= 0")
         if not 0 <= m.label_smoothing < 0.5:
             p.append(f"method.label_smoothing={m.label_smoothing}: must be in [0, 0.5)")
     if d.format != "dialogue":

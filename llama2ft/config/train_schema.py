@@ -135,6 +135,7 @@ class MethodConfig:
     beta: float = 0.1  # dpo: pull towards the reference (higher: stays closer); orpo: weight of the odds-ratio term
     loss_type: str = "sigmoid"  # dpo: sigmoid | ipo | hinge
     label_smoothing: float = 0.0  # dpo sigmoid: the share of pairs assumed mislabelled (conservative DPO)
+    sft_weight: float = 0.0  # dpo: plus this weight x the chosen answer's token NLL (keeps chosen likely)
 
 
 @dataclass

@@ -23,10 +23,13 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
 
 def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
              beta: float, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
-             chosen_len: Optional[torch.Tensor] = None, rejected_len: Optional[torch.Tensor] = None
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             chosen_len: Optional[torch.Tensor] = None, rejected_len: Optional[torch.Tensor] = None,
+             sft_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-pair DPO loss from summed answer log-probs of the policy and the reference, and the implicit
-    rewards beta * (policy - reference). IPO compares per-token averages (its paper's length normalisation)."""
+    rewards beta * (policy - reference). IPO compares per-token averages (its paper's length normalisation).
+    `sft_weight` adds that weight times the chosen answer's mean token NLL (RPO, Pang et al. 2024): DPO
+    alone may lower the chosen answer's probability too, as long as the rejected one falls faster."""
+    nll = -chosen / chosen_len if sft_weight else None
     if loss_type == "ipo":
         chosen, rejected = chosen / chosen_len, rejected / rejected_len
         ref_chosen, ref_rejected = ref_chosen / chosen_len, ref_rejected / rejected_len
@@ -39,6 +42,8 @@ def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Ten
         loss = torch.relu(1 - beta * h)
     else:
         raise ValueError(f"unknown DPO loss_type {loss_type!r}; choose one of {', '.join(DPO_LOSS_TYPES)}")
+    if nll is not None:
+        loss = loss + sft_weight * nll
     rewards = {"chosen": beta * (chosen - ref_chosen).detach(), "rejected": beta * (rejected - ref_rejected).detach()}
     return loss, rewards
 

@@ -67,7 +67,7 @@ def method_loss(model: Any, inputs: dict, method: Any) -> tuple[torch.Tensor, di
         extra = {"log_odds_ratio": r["log_odds"].mean(), "nll_loss": r["nll"].mean()}
     else:
         loss, r = dpo_loss(chosen, rejected, inputs["ref_chosen"].to(chosen), inputs["ref_rejected"].to(chosen),
-                           method.beta, method.loss_type, method.label_smoothing, n_c, n_r)
+                           method.beta, method.loss_type, method.label_smoothing, n_c, n_r, method.sft_weight)
         extra = {}
     figures = {"rewards/chosen": r["chosen"].mean(), "rewards/rejected": r["rejected"].mean(),
                "rewards/margins": (r["chosen"] - r["rejected"]).mean(),

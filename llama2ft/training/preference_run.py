@@ -29,7 +29,7 @@ from llama2ft.training import distributed
 from llama2ft.training.arguments import training_arguments
 from llama2ft.training.preference import (all_pair_logps, likelihood_accuracy, preference_accuracy,
                                           preference_trainer_class)
-from llama2ft.training.recipe import _model, _save, check_run_dir, step_counter
+from llama2ft.training.recipe import _model, _save, check_run_dir, say, step_counter
 from llama2ft.training.reference import reference_logps
 
 
@@ -113,16 +113,15 @@ def run_preference(cfg: DictConfig, out_dir: Path, resume: bool) -> dict:
     if distributed.is_main_process():
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
         write_stats(splits.stats, out_dir)
-    say = print if distributed.is_main_process() else (lambda *a, **k: None)
     say(f"method={cfg.method.name} (beta={cfg.method.beta}" + (f", loss_type={cfg.method.loss_type})"
-        if cfg.method.name == "dpo" else ")") + (f", starting from {cfg.init_from}" if cfg.init_from else ""), flush=True)
-    say(pair_summary(splits.stats), flush=True)
+        if cfg.method.name == "dpo" else ")") + (f", starting from {cfg.init_from}" if cfg.init_from else ""))
+    say(pair_summary(splits.stats))
 
     model, base, _ = _model(cfg, tokenizer, out_dir, adapter)
     trainable, total = count_parameters(model)
     quantized = quantized_layers(model)
     say(f"model: {base} ({total:,} parameters, {trainable:,} trainable, quant={cfg.quant.mode})"
-        + (f"; continuing the adapter {adapter}" if adapter else ""), flush=True)
+        + (f"; continuing the adapter {adapter}" if adapter else ""))
     collator = PairCollator(tokenizer.pad_token_id)
     train_f, eval_f = as_features(splits.train), as_features(splits.eval)
     refs_train = refs_eval = None
@@ -134,7 +133,7 @@ def run_preference(cfg: DictConfig, out_dir: Path, resume: bool) -> dict:
         refs_eval = reference_logps(model, eval_f, collator, cfg.trainer.per_device_eval_batch_size, device)
         train_f, eval_f = as_features(splits.train, refs_train), as_features(splits.eval, refs_eval)
         say(f"reference log-probs of {len(train_f) + len(eval_f)} pairs in {time.time() - started:.1f} s "
-            "(the starting model; no second copy is kept)", flush=True)
+            "(the starting model; no second copy is kept)")
     before = heldout_accuracy(cfg, model, eval_f, refs_eval, collator, "before training")
     em_before = show_answers(model, tokenizer, template, splits, "before training", cfg.sample_eval.show,
                              cfg.sample_eval.max_new_tokens)
