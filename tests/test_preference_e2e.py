@@ -88,3 +88,18 @@ def test_orpo_on_a_quantized_base(learned_run, tmp_path):
     m = json.loads((run / "metrics.json").read_text())
     assert m["method"] == "orpo" and m["quantized_layers"] and "eval_nll_loss" in m
     assert "preference accuracy after training" in res.stdout
+
+
+def test_method_dpo_alone_starts_from_the_embedded_sft_model(learned_run, tmp_path):
+    """`llama2ft-train method=dpo` makes the default SFT run beside its own folder once and then reuses it
+    (here the session's SFT run stands in for it, to skip the 800 SFT steps)."""
+    import shutil
+
+    from conftest import compose
+    from llama2ft.training.preference_start import sft_folder
+
+    folder = sft_folder(compose([]), tmp_path / "run")
+    shutil.copytree(learned_run.path, folder)
+    res = train(tmp_path / "run", "method=dpo", "trainer.max_steps=2", "trainer.eval_steps=2", "sample_eval.show=1")
+    assert f"starting from the embedded SFT model {folder}" in res.stdout
+    assert f"init_from: {folder}" in (tmp_path / "run" / "config.yaml").read_text()

@@ -20,6 +20,12 @@ def needs_tiny_sft(cfg: DictConfig) -> bool:
     return cfg.method.name != "sft" and cfg.init_from is None and cfg.model.name_or_path is None
 
 
+def sft_folder(sft_cfg: DictConfig, out_dir: Path) -> Path:
+    """Where the SFT run of `sft_cfg` lives: beside `out_dir`, named by a hash of its settings."""
+    settings = json.dumps({k: OmegaConf.to_container(sft_cfg[k], resolve=True) for k in SFT_PARTS}, sort_keys=True)
+    return out_dir.parent / f"tiny-sft-{hashlib.sha256(settings.encode()).hexdigest()[:10]}"
+
+
 def tiny_sft_run(cfg: DictConfig, sft_cfg: DictConfig, out_dir: Path) -> Path:
     """The finished SFT run of `sft_cfg` beside `out_dir` (named by a hash of its settings): reused when
     it is there, trained (or resumed) otherwise. The pairs files are checked first: a bad file fails
@@ -27,9 +33,7 @@ def tiny_sft_run(cfg: DictConfig, sft_cfg: DictConfig, out_dir: Path) -> Path:
     for path in (cfg.data.train_file, cfg.data.eval_file):
         if path:
             read_pairs(path, cfg.data.encoding, cfg.data.skip_bad_rows)
-    resolved = OmegaConf.to_container(sft_cfg, resolve=True)
-    settings = json.dumps({k: resolved[k] for k in SFT_PARTS}, sort_keys=True)
-    folder = out_dir.parent / f"tiny-sft-{hashlib.sha256(settings.encode()).hexdigest()[:10]}"
+    folder = sft_folder(sft_cfg, out_dir)
     if is_run_folder(folder) and (folder / "metrics.json").is_file():
         say(f"starting from the embedded SFT model {folder} (made by an earlier run)")
         return folder
