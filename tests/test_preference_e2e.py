@@ -51,14 +51,19 @@ def test_dpo_from_an_sft_run_raises_heldout_preference_accuracy(dpo_run, learned
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
 
 
-def test_dpo_run_merges_to_base_plus_adapter_and_chats(dpo_run, tmp_path):
+@pytest.fixture(scope="module")
+def merged_dpo(dpo_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("merged") / "m"
+    res = run_cli("merge", f"run={dpo_run[0]}", f"output={out}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+def test_dpo_run_merges_to_base_plus_adapter_and_chats(dpo_run, merged_dpo):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    run, _ = dpo_run
-    out = tmp_path / "merged"
-    res = run_cli("merge", f"run={run}", f"output={out}")
-    assert res.returncode == 0, res.stderr[-3000:]
+    run, out = dpo_run[0], merged_dpo
     ids = torch.tensor([[1, 400, 500, 600, 700, 12, 42]])
     with torch.no_grad():
         base = AutoModelForCausalLM.from_pretrained(str(run / "base_model"), dtype=torch.float32)
@@ -68,6 +73,16 @@ def test_dpo_run_merges_to_base_plus_adapter_and_chats(dpo_run, tmp_path):
     res = run_cli("chat", f"run={run}", "prompt=请用中文写出数字 2345。", "max_new_tokens=16")
     assert res.returncode == 0, res.stderr[-3000:]
     assert any(ch in res.stdout for ch in "两千百十")  # served through the run's template: a Chinese reading
+
+
+def test_orpo_from_a_merged_folder(merged_dpo, tmp_path):
+    """init_from=MERGED_DIR: a fresh adapter on the merged model, with the template it was published with."""
+    run = tmp_path / "run"
+    train(run, "method=orpo", f"init_from={merged_dpo}", "trainer.max_steps=2", "trainer.eval_steps=2",
+          "sample_eval.show=0")
+    cfg = (run / "config.yaml").read_text()
+    assert f"name_or_path: {merged_dpo}" in cfg and "name: human_assistant" in cfg
+    assert (run / "adapter" / "adapter_config.json").exists() and not (run / "base_model").exists()
 
 
 def test_two_process_dpo_run(learned_run, tmp_path):
