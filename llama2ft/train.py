@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Optional
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from llama2ft.config.hydra_app import hydra_command
+from llama2ft.config.preference_start import default_sft_config
 from llama2ft.config.validation import validate
 from llama2ft.core.errors import UserError
 from llama2ft.training import distributed, sweeps
+from llama2ft.training.preference_start import needs_tiny_sft, tiny_sft_run
 from llama2ft.training.recipe import run_training, say
 
 
@@ -27,13 +29,22 @@ def run_train(cfg: DictConfig) -> Optional[float]:
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         return _sweep_job(cfg, out_dir)
     validate(cfg)
+    _start_from_tiny_sft(cfg, out_dir)
     return run_training(cfg, out_dir, cfg.trainer.resume).get(cfg.objective)
+
+
+def _start_from_tiny_sft(cfg: DictConfig, out_dir: Path) -> None:
+    """`method=dpo` (or orpo) with no model and no init_from starts from the embedded SFT model."""
+    if needs_tiny_sft(cfg):
+        with open_dict(cfg):
+            cfg.init_from = str(tiny_sft_run(cfg, default_sft_config(cfg.trainer.seed), out_dir))
 
 
 def _sweep_job(cfg: DictConfig, out_dir: Path) -> Optional[float]:
     """Bad input fails this job only; a rerun skips completed jobs and resumes unfinished ones."""
     try:
         validate(cfg)
+        _start_from_tiny_sft(cfg, out_dir)
         metrics = sweeps.finished_run(cfg, out_dir)
         if metrics is not None:
             say(f"{out_dir}: already completed with this config, skipping")

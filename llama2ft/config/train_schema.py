@@ -146,6 +146,17 @@ class SampleEvalConfig:
 
 
 @dataclass
+class MethodConfig:
+    """What training optimises: sft (next-token loss on dialogues) or a preference method on pairs."""
+
+    name: str = "sft"  # sft | dpo | orpo
+    beta: float = 0.1  # dpo: pull towards the reference (higher: stays closer); orpo: weight of the odds-ratio term
+    loss_type: str = "sigmoid"  # dpo: sigmoid | ipo | hinge
+    label_smoothing: float = 0.0  # dpo sigmoid: the share of pairs assumed mislabelled (conservative DPO)
+    sft_weight: float = 0.0  # dpo: plus this weight x the chosen answer's token NLL (keeps chosen likely)
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -156,6 +167,8 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     sample_eval: SampleEvalConfig = field(default_factory=SampleEvalConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    init_from: Optional[str] = None  # a preference run starts from this SFT run folder or merged model folder
     task_name: str = "train"
     experiment_name: Optional[str] = None
     objective: str = "eval_loss"  # the metric a run returns (sweeps sort by it; lower is better)

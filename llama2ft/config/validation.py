@@ -15,6 +15,7 @@ from llama2ft.data.mixing import input_problems
 from llama2ft.data.pipeline import PREVIEW_KEPT
 from llama2ft.data.shapes import FORMATS
 from llama2ft.data.templates import TEMPLATE_NAMES
+from llama2ft.config.preference_checks import preference_problems
 from llama2ft.model.kernels import kernel_problems
 from llama2ft.model.loading import DTYPE_CHOICES, DTYPES, PRECISIONS, QUANT_MODES
 from llama2ft.model.memory import CHECKPOINTING, checkpointing_setting
@@ -87,6 +88,7 @@ def collect_problems(cfg: DictConfig) -> list[str]:
         _one_of(p, "logger.report_to", name, REPORT_TO)
     _one_of(p, "logger.wandb_mode", cfg.logger.wandb_mode, WANDB_MODES)
     p += variant_problems(cfg)  # LoRA variants, LoRA+, NEFTune, RoPE scaling and context length
+    p += preference_problems(cfg)
     return p
 
 

@@ -49,16 +49,16 @@ def apply_lora(model: Any, lora: Any, seed: int, also_save: list[str] | tuple[st
         raise UserError(f"lora.target_modules={list(lora.target_modules)}: {first_line(exc)}") from exc
 
 
-def load_adapter(model: Any, adapter: str, base: str) -> Any:
+def load_adapter(model: Any, adapter: str, base: str, trainable: bool = False) -> Any:
     """`model` with the trained adapter at `adapter` (its embeddings resized first when the adapter was
-    trained with an extended tokenizer); a mismatch is one UserError."""
+    trained with an extended tokenizer; `trainable`: to train it further); a mismatch is one UserError."""
     from peft import PeftModel
 
     rows = adapter_vocab_rows(adapter)
     if rows is not None and rows != model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(rows)
     try:
-        return PeftModel.from_pretrained(model, adapter)
+        return PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
     except (RuntimeError, ValueError, KeyError) as exc:
         raise UserError(f"adapter {adapter} does not fit the base model {base}: {first_line(exc)}") from exc
 

@@ -26,8 +26,8 @@ from llama2ft.model.attention import packed_attention, packed_row_multiple
 from llama2ft.model.embeddings import embedding_module_names, resize_embeddings
 from llama2ft.model.loading import (compute_dtype, count_parameters, load_model, load_tokenizer, quantization_config,
                                     quantized_layers, save_tokenizer)
-from llama2ft.model.lora import (INITIAL_ADAPTER_DIR, apply_lora, changes_base, prepare_for_training, save_adapter,
-                                 save_initial_adapter)
+from llama2ft.model.lora import (INITIAL_ADAPTER_DIR, apply_lora, changes_base, load_adapter, prepare_for_training,
+                                 save_adapter, save_initial_adapter)
 from llama2ft.model.rope import scaling_of
 from llama2ft.model.tiny import build_tiny_base
 from llama2ft.training import distributed
@@ -74,6 +74,10 @@ def run_training(cfg: DictConfig, out_dir: Path, resume: bool) -> dict:
 
     from llama2ft.data.collators import PackedCollator, PadCollator
 
+    if cfg.method.name != "sft":  # preference tuning on pairs: its own flow, same run folder
+        from llama2ft.training.preference_run import run_preference
+
+        return run_preference(cfg, out_dir, resume)
     # 1. check everything that can be checked without a model
     distributed.check_backend()
     check_run_dir(out_dir, resume)
@@ -136,9 +140,11 @@ def run_training(cfg: DictConfig, out_dir: Path, resume: bool) -> dict:
     return metrics
 
 
-def _model(cfg: DictConfig, tokenizer: Any, out_dir: Path) -> tuple[Any, str, torch.dtype, SpeedPlan]:
-    """The base (built for the embedded default), resized to the tokenizer, with its LoRA adapter, and
-    the run's speed settings (decided before peft wraps it)."""
+def _model(cfg: DictConfig, tokenizer: Any, out_dir: Path,
+           adapter: Optional[str] = None) -> tuple[Any, str, torch.dtype, SpeedPlan]:
+    """The base (built for the embedded default), resized to the tokenizer, with its LoRA adapter (a new
+    one, or the trained `adapter` continuing to train), and the run's speed settings (decided before peft
+    wraps it)."""
     dtype = compute_dtype(cfg.trainer.precision, cfg.trainer.use_cpu)
     if cfg.model.dtype != "auto":
         dtype = getattr(torch, cfg.model.dtype)
@@ -169,7 +175,9 @@ def _model(cfg: DictConfig, tokenizer: Any, out_dir: Path) -> tuple[Any, str, to
             f"resized to {grown[1]} rows (new rows: model.resize_init={cfg.model.resize_init})"
             + (f"; training them in full (lora.modules_to_save += {also_save})" if cfg.lora.enabled and also_save
                else ""))
-    if cfg.lora.enabled:
+    if adapter is not None:
+        model = load_adapter(model, adapter, base_path, trainable=True)
+    elif cfg.lora.enabled:
         model = apply_lora(model, cfg.lora, cfg.trainer.seed, also_save)
         if changes_base(cfg.lora) and distributed.is_main_process():
             save_initial_adapter(model, out_dir / INITIAL_ADAPTER_DIR)  # to save the trained one converted
