@@ -1,0 +1,210 @@
+"""Continuous batching: one thread runs every active request's next token in one forward pass.
+
+A waiting request joins the running batch after its prefill (computed alone, so its first token is the
+one it would get alone); each step decodes one token for every active request; a request that ends
+(EOS, length, a stop text, cancellation) leaves at once and frees its place for the next. At most
+`max_batch` requests run together; at most `max_queue` wait (more: QueueFull).
+
+The batch keeps one KV cache with left padding: a joining request's cache is padded on the left to the
+batch's length (or the batch's to its), padded positions are masked, and every row gets its own position
+ids, so each row computes what it would alone up to float rounding (greedy answers equal the solo ones;
+tests/test_batching.py). Token choice, stop texts, streaming and cancellation stay per request
+(`decoding.next_token`, the request's `Generation`).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+
+from llama2ft.inference.decoding import generator_for, next_token
+
+if TYPE_CHECKING:
+    from llama2ft.inference.engine import Generation
+
+
+@dataclass
+class _Row:
+    gen: "Generation"
+    job: Future
+    seen: list[int]  # prompt + answer so far (the repetition penalty's ids)
+    generator: Optional[torch.Generator]
+    made: int = 0  # answer tokens so far
+    started: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    """The continuous-batching scheduler of one `ChatModel` (see the module docstring)."""
+
+    def __init__(self, model: Any, eos: int, max_batch: int, max_queue: Optional[int], name: str = "model"):
+        self.model, self.eos, self.max_batch, self.max_queue = model, eos, max_batch, max_queue
+        self._waiting: deque[tuple["Generation", Future]] = deque()
+        self._rows: list[_Row] = []
+        self._cache: Any = None
+        self._mask: Optional[torch.Tensor] = None  # [rows, cached length]: 1 where a real token is cached
+        self._wake = threading.Condition()
+        self._closing = False
+        self.most = 0  # the largest batch run so far (for tests and benchmarks)
+        self._seconds = 1.0  # running mean of a request's time, for Retry-After
+        suppress = getattr(getattr(model, "generation_config", None), "suppress_tokens", None)
+        self._suppress = list(suppress or ())
+        self._thread = threading.Thread(target=self._serve, name=f"batch-{name}", daemon=True)
+        self._thread.start()
+
+    # ---------------------------------------------------------------- request side
+    def add(self, gen: "Generation") -> Future:
+        from llama2ft.inference.engine import QueueFull
+
+        job: Future = Future()
+        with self._wake:
+            if self.max_queue is not None and len(self._waiting) >= self.max_queue:
+                n = len(self._waiting)
+                raise QueueFull(n, max(1, round(self._seconds * (n + 1) / self.max_batch)))
+            self._waiting.append((gen, job))
+            self._wake.notify()
+        return job
+
+    def close(self) -> None:
+        """Stop the thread once every waiting and running request is done."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join()
+
+    # ---------------------------------------------------------------- the scheduler thread
+    def _serve(self) -> None:
+        while True:
+            with self._wake:
+                while not self._waiting and not self._rows and not self._closing:
+                    self._wake.wait()
+                if self._closing and not self._waiting and not self._rows:
+                    return
+                joining = []
+                while self._waiting and len(self._rows) + len(joining) < self.max_batch:
+                    gen, job = self._waiting.popleft()
+                    if job.set_running_or_notify_cancel():  # a request cancelled while waiting is dropped
+                        joining.append((gen, job))
+            try:
+                with torch.no_grad():
+                    for gen, job in joining:
+                        self._join(gen, job)
+                    self._drop_finished()
+                    if self._rows:
+                        self.most = max(self.most, len(self._rows))
+                        self._step()
+                        self._drop_finished()
+            except BaseException as exc:  # noqa: BLE001 - every running request gets the error, the thread lives
+                for row in self._rows:
+                    self._finish(row, exc)
+                self._rows, self._cache, self._mask = [], None, None
+
+    def _join(self, gen: "Generation", job: Future) -> None:
+        """Prefill the request alone, take its first token, and add its cache to the batch's."""
+        from transformers import DynamicCache
+
+        prompt = list(gen.prompt)
+        row = _Row(gen, job, prompt[:], generator_for(gen.sampling))
+        if gen.cancelled:
+            return self._finish(row, None, cancelled=True)
+        gen.accept(None)  # the prompt: nothing to show
+        ids = torch.tensor([prompt], device=self._device())
+        cache = DynamicCache(config=self.model.config)
+        try:
+            out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), cache=cache, use_cache=True,
+                             logits_to_keep=1)
+            if not self._take(row, out.logits[0, -1].float()):
+                return
+        except BaseException as exc:  # noqa: BLE001 - this request fails alone
+            return self._finish(row, exc)
+        mask = torch.ones((1, len(prompt)), dtype=torch.long, device=ids.device)
+        self._merge(row, cache, mask)
+
+    def _merge(self, row: _Row, cache: Any, mask: torch.Tensor) -> None:
+        from transformers import DynamicCache
+
+        if not self._rows:
+            self._rows, self._cache, self._mask = [row], cache, mask
+            return
+        width = max(self._mask.shape[1], mask.shape[1])
+        layers = []
+        for old, new in zip(self._cache.layers, cache.layers):
+            layers.append((torch.cat([_pad_left(old.keys, width), _pad_left(new.keys, width)]),
+                           torch.cat([_pad_left(old.values, width), _pad_left(new.values, width)])))
+        self._cache = DynamicCache(layers, config=self.model.config)
+        self._mask = torch.cat([_pad_left(self._mask, width), _pad_left(mask, width)])
+        self._rows.append(row)
+
+    def _step(self) -> None:
+        """One token for every row."""
+        device = self._mask.device
+        last = torch.tensor([[row.seen[-1]] for row in self._rows], device=device)
+        positions = self._mask.sum(dim=1, keepdim=True)  # each row's own next position (padding not counted)
+        self._mask = torch.cat([self._mask, torch.ones_like(last)], dim=1)
+        out = self.model(input_ids=last, attention_mask=self._mask, position_ids=positions,
+                         cache=self._cache, use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1].float()
+        for i, row in enumerate(self._rows):
+            self._take(row, logits[i])
+
+    def _take(self, row: _Row, logits: torch.Tensor) -> bool:
+        """Choose and deliver the row's next token; False when the row has finished."""
+        from llama2ft.inference.engine import RequestEnded
+
+        if row.gen.cancelled:
+            self._finish(row, None, cancelled=True)
+            return False
+        token = next_token(logits, torch.tensor(row.seen, device=logits.device), row.gen.sampling, row.generator,
+                           self._suppress)
+        row.seen.append(token)
+        row.made += 1
+        try:
+            row.gen.accept(token)
+        except RequestEnded as end:
+            self._finish(row, end)
+            return False
+        if token == self.eos or row.made >= row.gen.max_new_tokens:
+            self._finish(row, None)
+            return False
+        return True
+
+    def _finish(self, row: _Row, exc: Optional[BaseException], cancelled: bool = False) -> None:
+        row.made = -1  # marks the row for `_drop_finished`
+        row.gen.finish(exc, cancelled)
+        self._seconds = 0.8 * self._seconds + 0.2 * (time.monotonic() - row.started)
+        row.job.set_result(None)
+
+    def _drop_finished(self) -> None:
+        keep = [i for i, row in enumerate(self._rows) if row.made >= 0]
+        if len(keep) == len(self._rows):
+            return
+        if not keep:
+            self._rows, self._cache, self._mask = [], None, None
+            return
+        from transformers import DynamicCache
+
+        index = torch.tensor(keep, device=self._mask.device)
+        mask = self._mask[index]
+        lead = int((mask.sum(dim=0) == 0).long().cumprod(dim=0).sum())  # columns that are padding in every row
+        self._cache = DynamicCache([(layer.keys[index, :, lead:], layer.values[index, :, lead:])
+                                    for layer in self._cache.layers], config=self.model.config)
+        self._mask = mask[:, lead:]
+        self._rows = [self._rows[i] for i in keep]
+
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Zeros on the left of the sequence axis (-2 for cache tensors, -1 for masks) up to `width`."""
+    axis = -1 if t.dim() == 2 else -2
+    missing = width - t.shape[axis]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[axis] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=axis)
