@@ -159,12 +159,12 @@ def test_max_batch_bounds_the_batch(model, tokenizer):
 def test_max_queue_counts_the_requests_waiting_for_a_place(model, tokenizer):
     chat = chat_on(model, tokenizer, max_batch=2, max_queue=1)
     gens = [chat.stream([Turn("human", q)], greedy(40)) for q in QUESTIONS[:4]]
-    gens[0].start()
-    gens[1].start()
-    deadline = time.time() + 10
-    while len(chat._batcher._rows) < 2 and time.time() < deadline:  # both running: none waiting
-        time.sleep(0.01)
-    gens[2].start()  # waits
+    for i, running in ((0, 1), (1, 2)):  # one at a time: the first may still wait while the second comes
+        gens[i].start()
+        deadline = time.time() + 10
+        while len(chat._batcher._rows) < running and time.time() < deadline:
+            time.sleep(0.005)
+    gens[2].start()  # both places taken: it waits
     with pytest.raises(QueueFull) as info:
         gens[3].start()
     assert info.value.retry_after >= 1
