@@ -122,8 +122,9 @@ def load_model(path: str, dtype: torch.dtype, *, quant: Optional[Any] = None, de
 
 
 def context_length(model: Any) -> int:
-    """How many positions the model was built for."""
-    return int(getattr(model.config, "max_position_embeddings", 0) or FALLBACK_CONTEXT)
+    """How many positions the model (or a model config) was built for."""
+    config = getattr(model, "config", model)
+    return int(getattr(config, "max_position_embeddings", 0) or FALLBACK_CONTEXT)
 
 
 def quantized_layers(model: Any) -> dict[str, int]:
