@@ -3,6 +3,7 @@ concurrent streaming requests, against the same server answering one request at 
 
     .venv/bin/python bench/serve_load.py              # CPU: the embedded Llama widened to hidden 1024, 8 layers
     .venv/bin/python bench/serve_load.py --quick      # smoke run: a small model, few tokens
+    .venv/bin/python bench/serve_load.py --max-batch 1  # the server answering one request at a time
 
 The model has random weights (seeded) and the embedded tokenizer; every answer is `--tokens` long (EOS,
 special and byte tokens are suppressed), so each level does the same work per request. Requests are
@@ -118,8 +119,11 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=48, help="answer tokens per request")
     ap.add_argument("--max-batch", type=int, default=32, help="the server's max_batch (1: one at a time)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
     ap.add_argument("--quick", action="store_true", help="hidden 256, 2 layers, 12 tokens")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.hidden, args.layers, args.tokens = 256, 2, 12
     chat, params = build(args.hidden, args.layers, args.max_batch)
