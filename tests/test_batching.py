@@ -187,3 +187,23 @@ def test_token_scores_match_transformers_logits_processors(samp):
         procs += [TopPLogitsWarper(samp.top_p)] if samp.top_p < 1 else []
     expected = procs(seen.unsqueeze(0), logits.unsqueeze(0).clone())
     assert torch.equal(scores(logits, seen, samp), expected)
+
+
+@pytest.mark.slow
+def test_the_trained_embedded_model_answers_the_same_in_a_batch(learned_run):
+    """The embedded model after training (the default recipe), loaded as llama2ft-eval loads it."""
+    from llama2ft.inference.loader import ModelSpec
+    from llama2ft.inference.settings import load
+
+    conversations = [[Turn("human", f"数字 {n} 的中文读法是什么？")] for n in (7, 42, 680, 1999, 30, 512)]
+    conversations += [[Turn("human", q)] for q in QUESTIONS[:2]]
+    history = [Turn("human", "数字 12 的中文读法是什么？"), Turn("assistant", "十二"),
+               Turn("human", "数字 345 的中文读法是什么？"), Turn("assistant", "三百四十五")]
+    conversations += [[*history, Turn("human", "数字 680 的中文读法是什么？")]]  # far longer: much padding
+    answers = []
+    for max_batch in (1, 8):
+        chat = load(ModelSpec(run=str(learned_run.path)), max_batch=max_batch)
+        answers.append([r.text for r in chat.chat_batch(conversations, greedy(24), batch_size=1)])
+        chat.close()
+    assert answers[1] == answers[0]
+    assert "六百八十" in answers[0][2]  # a trained answer, not noise
