@@ -107,11 +107,14 @@ class Batcher:
         """Prefill the request alone, take its first token, and add its cache to the batch's."""
         from transformers import DynamicCache
 
+        from llama2ft.inference.engine import RequestEnded
+
         prompt = list(gen.prompt)
         row = _Row(gen, job, prompt[:], generator_for(gen.sampling))
-        if gen.cancelled:
-            return self._finish(row, None, cancelled=True)
-        gen.accept(None)  # the prompt: nothing to show
+        try:
+            gen.accept(None)  # the prompt: nothing to show (raises when the request was cancelled meanwhile)
+        except RequestEnded as end:
+            return self._finish(row, end)
         ids = torch.tensor([prompt], device=self._device())
         cache = DynamicCache(config=self.model.config)
         try:

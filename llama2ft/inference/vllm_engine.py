@@ -128,33 +128,51 @@ class VllmChatModel(ChatModel):
                     return
                 new, self._new = self._new, []
                 self._waiting -= len(new)
-            for gen, job in new:
-                if not job.set_running_or_notify_cancel():
-                    continue
-                rid = str(next(self._ids))
-                gen.accept(None)
-                params = SamplingParams(**sampling_args(gen.sampling, gen.max_new_tokens, eos))
+            try:
+                self._add(new, running, eos, SamplingParams)
+                self._step(running)
+            except Exception as exc:  # noqa: BLE001 - every running request gets the error, the thread lives
+                for rid in list(running):
+                    self._end(running.pop(rid), exc)
+
+    def _add(self, new: list, running: dict, eos: int, params_class: Any) -> None:
+        for gen, job in new:
+            if not job.set_running_or_notify_cancel():
+                continue
+            try:
+                gen.accept(None)  # raises when the request was cancelled meanwhile
+            except RequestEnded as end:
+                self._end((gen, job, 0), end)
+                continue
+            rid = str(next(self._ids))
+            params = params_class(**sampling_args(gen.sampling, gen.max_new_tokens, eos))
+            running[rid] = (gen, job, 0)
+            try:
                 self.model.add_request(rid, token_prompt(gen.prompt), params, lora_request=self.lora)
-                running[rid] = (gen, job, 0)
-            for rid, (gen, job, _) in list(running.items()):
-                if gen.cancelled:
-                    self.model.abort_request([rid])
-                    self._end(running.pop(rid), None, cancelled=True)
-            for out in self.model.step() if running else ():
-                if out.request_id not in running:
-                    continue
-                gen, job, handed = running[out.request_id]
-                ids = list(out.outputs[0].token_ids)
-                try:
-                    for token in ids[handed:]:
-                        gen.accept(token)
-                except RequestEnded as end:
-                    self.model.abort_request([out.request_id])
-                    self._end(running.pop(out.request_id), end)
-                    continue
-                running[out.request_id] = (gen, job, len(ids))
-                if out.finished:
-                    self._end(running.pop(out.request_id), None)
+            except Exception as exc:  # noqa: BLE001 - this request fails alone (e.g. its prompt is too long)
+                self._end(running.pop(rid), exc)
+
+    def _step(self, running: dict) -> None:
+        """Abort the cancelled requests, step vLLM once, hand each request its new tokens."""
+        for rid, (gen, job, _) in list(running.items()):
+            if gen.cancelled:
+                self.model.abort_request([rid])
+                self._end(running.pop(rid), None, cancelled=True)
+        for out in self.model.step() if running else ():
+            if out.request_id not in running:
+                continue
+            gen, job, handed = running[out.request_id]
+            ids = list(out.outputs[0].token_ids)
+            try:
+                for token in ids[handed:]:
+                    gen.accept(token)
+            except RequestEnded as end:
+                self.model.abort_request([out.request_id])
+                self._end(running.pop(out.request_id), end)
+                continue
+            running[out.request_id] = (gen, job, len(ids))
+            if out.finished:
+                self._end(running.pop(out.request_id), None)
 
     @staticmethod
     def _end(entry: tuple[Generation, Future, int], exc: Optional[BaseException], cancelled: bool = False) -> None:
