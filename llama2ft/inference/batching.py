@@ -128,17 +128,16 @@ class Batcher:
         self._merge(row, cache, mask)
 
     def _merge(self, row: _Row, cache: Any, mask: torch.Tensor) -> None:
-        from transformers import DynamicCache
-
         if not self._rows:
-            self._rows, self._cache, self._mask = [row], cache, mask
+            self._rows, self._mask = [row], mask
+            self._cache = _growing_cache([(layer.keys, layer.values) for layer in cache.layers])
             return
         width = max(self._mask.shape[1], mask.shape[1])
         layers = []
         for old, new in zip(self._cache.layers, cache.layers):
             layers.append((torch.cat([_pad_left(old.keys, width), _pad_left(new.keys, width)]),
                            torch.cat([_pad_left(old.values, width), _pad_left(new.values, width)])))
-        self._cache = DynamicCache(layers, config=self.model.config)
+        self._cache = _growing_cache(layers)
         self._mask = torch.cat([_pad_left(self._mask, width), _pad_left(mask, width)])
         self._rows.append(row)
 
@@ -188,13 +187,11 @@ class Batcher:
         if not keep:
             self._rows, self._cache, self._mask = [], None, None
             return
-        from transformers import DynamicCache
-
         index = torch.tensor(keep, device=self._mask.device)
         mask = self._mask[index]
         lead = int((mask.sum(dim=0) == 0).long().cumprod(dim=0).sum())  # columns that are padding in every row
-        self._cache = DynamicCache([(layer.keys[index, :, lead:], layer.values[index, :, lead:])
-                                    for layer in self._cache.layers], config=self.model.config)
+        self._cache = _growing_cache([(layer.keys[index, :, lead:], layer.values[index, :, lead:])
+                                      for layer in self._cache.layers])
         self._mask = mask[:, lead:]
         self._rows = [self._rows[i] for i in keep]
 
@@ -211,3 +208,50 @@ def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
     shape = list(t.shape)
     shape[axis] = missing
     return torch.cat([t.new_zeros(shape), t], dim=axis)
+
+
+def _growing_cache(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    """The batch's KV cache, filled with `layers` (keys, values per layer)."""
+    from transformers.cache_utils import Cache
+
+    cache = Cache(layers=[_new_layer() for _ in layers])
+    for layer, (keys, values) in zip(cache.layers, layers):
+        layer.update(keys, values)
+    return cache
+
+
+def _growing_layer_class() -> type:
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """A DynamicLayer whose tensors live in a buffer with room to grow: appending a token writes one
+        column (DynamicLayer concatenates, i.e. copies the whole cache of every row, at every step)."""
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+            used = 0 if not self.is_initialized else self.keys.shape[-2]
+            need = used + key_states.shape[-2]
+            if not self.is_initialized or need > self._room.shape[-2]:
+                self.is_initialized, self.device = True, key_states.device
+                shape = list(key_states.shape)
+                shape[-2] = max(need + 64, 2 * need)
+                room_k, room_v = key_states.new_empty(shape), value_states.new_empty(shape)
+                if used:
+                    room_k[..., :used, :], room_v[..., :used, :] = self.keys, self.values
+                self._room, self._room_v = room_k, room_v
+            self._room[..., used:need, :] = key_states
+            self._room_v[..., used:need, :] = value_states
+            self.keys, self.values = self._room[..., :need, :], self._room_v[..., :need, :]
+            return self.keys, self.values
+
+    return GrowingLayer
+
+
+_GrowingLayer: Any = None
+
+
+def _new_layer() -> Any:
+    global _GrowingLayer
+    if _GrowingLayer is None:
+        _GrowingLayer = _growing_layer_class()
+    return _GrowingLayer()
