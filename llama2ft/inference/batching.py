@@ -91,8 +91,8 @@ class Batcher:
                         joining.append((gen, job))
             try:
                 with torch.no_grad():
-                    for gen, job in joining:
-                        self._join(gen, job)
+                    if joining:
+                        self._join(joining)
                     self._drop_finished()
                     if self._rows:
                         self.most = max(self.most, len(self._rows))
@@ -103,43 +103,56 @@ class Batcher:
                     self._finish(row, exc)
                 self._rows, self._cache, self._mask = [], None, None
 
-    def _join(self, gen: "Generation", job: Future) -> None:
-        """Prefill the request alone, take its first token, and add its cache to the batch's."""
+    def _join(self, joining: list[tuple["Generation", Future]]) -> None:
+        """Prefill the joining requests together (left-padded, masked, own positions), take each one's first
+        token, and add their caches to the batch's."""
         from transformers import DynamicCache
 
         from llama2ft.inference.engine import RequestEnded
 
-        prompt = list(gen.prompt)
-        row = _Row(gen, job, prompt[:], generator_for(gen.sampling))
-        try:
-            gen.accept(None)  # the prompt: nothing to show (raises when the request was cancelled meanwhile)
-        except RequestEnded as end:
-            return self._finish(row, end)
-        ids = torch.tensor([prompt], device=self._device())
+        rows = []
+        for gen, job in joining:
+            row = _Row(gen, job, list(gen.prompt), generator_for(gen.sampling))
+            try:
+                gen.accept(None)  # the prompt: nothing to show (raises when the request was cancelled meanwhile)
+                rows.append(row)
+            except RequestEnded as end:
+                self._finish(row, end)
+        if not rows:
+            return
+        width = max(len(r.seen) for r in rows)
+        device = self._device()
+        ids = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r.seen):] = torch.tensor(r.seen, device=device)
+            mask[i, width - len(r.seen):] = 1
         cache = DynamicCache(config=self.model.config)
         try:
-            out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), cache=cache, use_cache=True,
-                             logits_to_keep=1)
-            if not self._take(row, out.logits[0, -1].float()):
-                return
-        except BaseException as exc:  # noqa: BLE001 - this request fails alone
-            return self._finish(row, exc)
-        mask = torch.ones((1, len(prompt)), dtype=torch.long, device=ids.device)
-        self._merge(row, cache, mask)
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                             cache=cache, use_cache=True, logits_to_keep=1)
+        except BaseException as exc:  # noqa: BLE001 - these requests fail, the running ones go on
+            for r in rows:
+                self._finish(r, exc)
+            return
+        keep = [i for i, r in enumerate(rows) if self._take(r, out.logits[i, -1].float())]
+        if keep:
+            index = torch.tensor(keep, device=device)
+            self._merge([rows[i] for i in keep], [(layer.keys[index], layer.values[index]) for layer in cache.layers],
+                        mask[index])
 
-    def _merge(self, row: _Row, cache: Any, mask: torch.Tensor) -> None:
+    def _merge(self, rows: list[_Row], layers: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor) -> None:
         if not self._rows:
-            self._rows, self._mask = [row], mask
-            self._cache = _growing_cache([(layer.keys, layer.values) for layer in cache.layers])
+            self._rows, self._mask, self._cache = rows, mask, _growing_cache(layers)
             return
         width = max(self._mask.shape[1], mask.shape[1])
-        layers = []
-        for old, new in zip(self._cache.layers, cache.layers):
-            layers.append((torch.cat([_pad_left(old.keys, width), _pad_left(new.keys, width)]),
-                           torch.cat([_pad_left(old.values, width), _pad_left(new.values, width)])))
-        self._cache = _growing_cache(layers)
+        merged = []
+        for old, (keys, values) in zip(self._cache.layers, layers):
+            merged.append((torch.cat([_pad_left(old.keys, width), _pad_left(keys, width)]),
+                           torch.cat([_pad_left(old.values, width), _pad_left(values, width)])))
+        self._cache = _growing_cache(merged)
         self._mask = torch.cat([_pad_left(self._mask, width), _pad_left(mask, width)])
-        self._rows.append(row)
+        self._rows += rows
 
     def _step(self) -> None:
         """One token for every row."""
