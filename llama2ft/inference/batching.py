@@ -1,14 +1,14 @@
 """Continuous batching: one thread runs every active request's next token in one forward pass.
 
-A waiting request joins the running batch after its prefill (computed alone, so its first token is the
-one it would get alone); each step decodes one token for every active request; a request that ends
+Waiting requests join the running batch after their prefill (those that arrive together are prefilled in
+one forward pass); each step decodes one token for every active request; a request that ends
 (EOS, length, a stop text, cancellation) leaves at once and frees its place for the next. At most
 `max_batch` requests run together; at most `max_queue` wait (more: QueueFull).
 
-The batch keeps one KV cache with left padding: a joining request's cache is padded on the left to the
-batch's length (or the batch's to its), padded positions are masked, and every row gets its own position
-ids, so each row computes what it would alone up to float rounding (greedy answers equal the solo ones;
-tests/test_batching.py). Token choice, stop texts, streaming and cancellation stay per request
+The batch keeps one KV cache with left padding (grown in place, not re-copied every step): joining
+caches are padded on the left to the batch's length (or the batch's to theirs), padded positions are
+masked, and every row gets its own position ids, so each row computes what it would alone up to float
+rounding (greedy answers equal the solo ones: tests/test_batching.py, bench/serve_load.py). Token choice, stop texts, streaming and cancellation stay per request
 (`decoding.next_token`, the request's `Generation`).
 """
 from __future__ import annotations
