@@ -21,7 +21,7 @@ from llama2ft.data.templates import TEMPLATE_NAMES
 from llama2ft.evaluation.questions import COMMUNITY_SYSTEM_PROMPT
 from llama2ft.evaluation.runner import answer_questions, model_specs, question_set, score_loss
 from llama2ft.inference.loader import ModelSpec
-from llama2ft.inference.settings import sampling
+from llama2ft.inference.settings import engine_problems, sampling
 
 
 def run_eval(cfg: DictConfig) -> dict:
@@ -37,6 +37,9 @@ def run_eval(cfg: DictConfig) -> dict:
         problems.append(f"chinese_threshold={cfg.chinese_threshold}: must be in (0, 1)")
     if int(cfg.batch_size) < 1:
         problems.append(f"batch_size={cfg.batch_size}: must be >= 1")
+    problems += engine_problems(cfg.max_batch, cfg.engine)
+    if cfg.task == "loss" and cfg.engine != "transformers":
+        problems.append(f"engine={cfg.engine}: task=loss runs on engine=transformers")
     if cfg.task == "loss" and (cfg.data_file is None or not Path(cfg.data_file).is_file()):
         problems.append(f"data_file={cfg.data_file!r}: task=loss needs a community-format csv (file not found)")
     if cfg.questions is not None and not Path(cfg.questions).is_file():
@@ -50,7 +53,8 @@ def run_eval(cfg: DictConfig) -> dict:
     if cfg.task == "loss":
         return score_loss(specs, str(cfg.data_file), int(cfg.max_seq_len), int(cfg.batch_size), out)
     questions = question_set(cfg.questions, cfg.encoding)
-    return answer_questions(specs, questions, samp, out, int(cfg.batch_size), float(cfg.chinese_threshold))
+    return answer_questions(specs, questions, samp, out, int(cfg.batch_size), float(cfg.chinese_threshold),
+                            int(cfg.max_batch), str(cfg.engine))
 
 
 def _base_spec(cfg: DictConfig, template: str) -> ModelSpec:

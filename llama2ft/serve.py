@@ -10,18 +10,17 @@ import sys
 from omegaconf import DictConfig
 
 from llama2ft.config.hydra_app import TEXT_KEYS, hydra_command
-from llama2ft.inference.settings import check, load
+from llama2ft.inference.settings import check, engine_problems, load
 from llama2ft.serving.network import port_problems, queue_problems, warn_if_exposed
 
 
 def run_serve(cfg: DictConfig) -> None:
-    extra = port_problems(cfg.port) + queue_problems(cfg.max_queue)
+    extra = port_problems(cfg.port) + queue_problems(cfg.max_queue) + engine_problems(cfg.max_batch, cfg.engine)
     if cfg.max_request_bytes < 1024:
         extra.append(f"max_request_bytes={cfg.max_request_bytes}: must be >= 1024")
     spec, samp = check(cfg, extra)
     warn_if_exposed(str(cfg.host), bool(cfg.api_key), "the API", "api_key")
-    chat = load(spec)
-    chat.max_queue = cfg.max_queue
+    chat = load(spec, int(cfg.max_batch), cfg.max_queue, str(cfg.engine))
     import uvicorn
 
     from llama2ft.serving.api import create_app  # fastapi: imported only when serving

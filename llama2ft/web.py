@@ -10,7 +10,7 @@ import sys
 from omegaconf import DictConfig
 
 from llama2ft.config.hydra_app import TEXT_KEYS, hydra_command
-from llama2ft.inference.settings import check, load
+from llama2ft.inference.settings import check, engine_problems, load
 from llama2ft.serving.network import port_problems, queue_problems, warn_if_exposed
 from llama2ft.serving.web_app import build_app, parse_auth
 
@@ -22,13 +22,13 @@ def run_web(cfg: DictConfig) -> None:
     except ValueError as exc:
         extra.append(f"auth={cfg.auth!r}: {exc}")
         auth = None
-    extra += port_problems(cfg.port) + queue_problems(cfg.max_queue)
+    extra += port_problems(cfg.port) + queue_problems(cfg.max_queue) + engine_problems(cfg.max_batch)
     if int(cfg.concurrency) < 1:
         extra.append(f"concurrency={cfg.concurrency}: must be >= 1")
     spec, samp = check(cfg, extra)
 
     warn_if_exposed(str(cfg.host), auth is not None, "the chat", "password; set auth=user:password")
-    chat = load(spec)
+    chat = load(spec, int(cfg.max_batch))  # Gradio's queue (max_queue) holds the waiting requests
     app = build_app(chat, samp, str(cfg.title), int(cfg.concurrency))
     print(f"llama2ft-web: {chat.name} on http://{cfg.host}:{cfg.port}", flush=True)
     app.queue(default_concurrency_limit=int(cfg.concurrency), max_size=cfg.max_queue).launch(

@@ -55,8 +55,9 @@ class WebConfig(GenerateConfig):
     port: int = 7860
     auth: Optional[str] = None
     title: str = "llama2ft chat"
-    concurrency: int = 4
+    concurrency: int = 8
     max_queue: Optional[int] = 16  # browser requests allowed to wait; more get "busy, try again" (null: no limit)
+    max_batch: int = 8  # answers generated together (continuous batching); 1: one at a time
 
 
 @dataclass
@@ -67,6 +68,8 @@ class ServeConfig(GenerateConfig):
     served_name: Optional[str] = None
     max_queue: Optional[int] = 16  # requests allowed to wait for the model; more get HTTP 503 (null: no limit)
     max_request_bytes: int = 1_000_000  # larger request bodies get HTTP 413
+    max_batch: int = 8  # requests generated together (continuous batching); 1: one at a time
+    engine: str = "transformers"  # transformers | vllm (GPU, the `vllm` extra)
 
 
 @dataclass
@@ -78,6 +81,8 @@ class EvalConfig(GenerateConfig):
     prompt_template: Optional[str] = None  # llama2_inst | human_assistant | model
     chinese_threshold: float = 0.5
     batch_size: int = 8
+    max_batch: int = 8  # task=generate: questions answered together (continuous batching, answers as if alone)
+    engine: str = "transformers"  # transformers | vllm (GPU, the `vllm` extra)
     data_file: Optional[str] = None
     max_seq_len: int = 2048
     output: str = "outputs/eval"

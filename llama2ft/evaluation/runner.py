@@ -84,17 +84,18 @@ def _history_text(history: list[Turn]) -> str:
     return history[0].text if len(history) == 1 else format_dialogue(history)
 
 
-def _load(spec: ModelSpec) -> Any:
+def _load(spec: ModelSpec, max_batch: int = 1, engine: str = "transformers") -> Any:
     try:
-        return load(spec)
+        return load(spec, max_batch, engine=engine)
     except UserError as exc:
         raise UserError(f"model {spec.name!r}: {exc}") from exc
 
 
 # ---------------------------------------------------------------- generate
 def answer_questions(specs: list[ModelSpec], questions: list[Question], samp: Sampling, out: Path,
-                     batch_size: int, threshold: float) -> dict:
-    """Every model's answers (appended to answers.jsonl as they come), their metrics and the report."""
+                     batch_size: int, threshold: float, max_batch: int = 1, engine: str = "transformers") -> dict:
+    """Every model's answers (appended to answers.jsonl as they come), their metrics and the report;
+    `max_batch` > 1 generates that many together (continuous batching: each answer as if alone)."""
     out.mkdir(parents=True, exist_ok=True)
     answers_path = out / ANSWERS_FILE
     rows = read_answers(answers_path)
@@ -106,7 +107,7 @@ def answer_questions(specs: list[ModelSpec], questions: list[Question], samp: Sa
             print(f"{spec.name}: all {len(questions)} answers already in {answers_path}", flush=True)
             continue
         print(f"{spec.name}: answering {len(todo)} questions ({len(done)} already done)", flush=True)
-        chat = _load(spec)
+        chat = _load(spec, max_batch, engine)
         todo, too_long = _fitting(chat, todo, samp.max_new_tokens)
         skipped[spec.name] = [q.qid for q in too_long]
         if too_long:

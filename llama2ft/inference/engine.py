@@ -1,9 +1,10 @@
 """The generation core behind chat, web, API and evaluation: one template, one sampler, one streamer.
 
 Prompts are rendered by `data.templates.encode_prompt`, i.e. the training tokenization of the conversation up
-to the start of the answer. Each request gets its own streamer (no cross-talk between users) and
-requests take turns on the model: one long-lived generation thread serves them first come, first
-served (see `ChatModel.submit`).
+to the start of the answer. Each request gets its own streamer (no cross-talk between users). With
+`max_batch` > 1 requests share the model through continuous batching (`inference/batching.py`: each
+forward pass runs one token of every active request); with 1 they take turns on one long-lived
+generation thread, first come, first served (see `ChatModel.submit`).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 from llama2ft.core.errors import UserError
 from llama2ft.data.dialogue import Turn
 from llama2ft.data.templates import Template, encode_prompt, get_template
+from llama2ft.inference.batching import Batcher
 from llama2ft.inference.sampling import Sampling, cut_at_stop
 
 
@@ -31,7 +33,11 @@ class Reply:
     dropped_turns: int = 0  # oldest turns left out so that the prompt fits the context
 
 
-class _Cancelled(Exception):
+class RequestEnded(Exception):
+    """Raised by a request's streamer to end its generation early (it was cancelled, or a stop text came)."""
+
+
+class _Cancelled(RequestEnded):
     pass
 
 
@@ -43,7 +49,7 @@ class QueueFull(Exception):
         self.retry_after = retry_after
 
 
-class _StopText(Exception):
+class _StopText(RequestEnded):
     """Raised inside generate() to end it once a stop text has appeared."""
 
 
@@ -68,17 +74,26 @@ class Generation:
 
     # -- called by transformers' generate (BaseStreamer protocol) in the worker thread
     def put(self, value: torch.Tensor) -> None:
+        if not self._started:  # generate() first hands over the prompt
+            return self.accept(None)
+        for i in value.reshape(-1).tolist():
+            self.accept(i)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def accept(self, token: Optional[int]) -> None:
+        """Take the next answer token (None: the prompt was read) on the generating thread; raises
+        RequestEnded when the request must end (cancelled, or a stop text has appeared)."""
         if self._cancel.is_set():
             raise _Cancelled()
-        ids = value.reshape(-1).tolist()
-        if not self._started:  # generate() first hands over the prompt
+        if token is None:
             self._started = True
             return
-        eos = self.chat.tokenizer.eos_token_id
-        for i in ids:
-            if i == eos:
-                return
-            self._ids.append(i)
+        if token == self.chat.tokenizer.eos_token_id:
+            return
+        self._ids.append(token)
         text = self._text()
         if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
             return
@@ -103,20 +118,23 @@ class Generation:
         """Take a place in the model's queue now (raises QueueFull when it is full); iterating starts
         it too, but a server must know before it answers with a stream."""
         if self._job is None:
-            self._job = self.chat.submit(self._run)
+            self._job = self.chat.enqueue(self)
 
     def _run(self) -> None:
-        """Runs on the model's generation thread."""
+        """Runs on the model's generation thread (max_batch=1)."""
         try:
             self.chat.generate_ids([self.prompt], self.sampling, self.max_new_tokens, streamer=self)
-        except _Cancelled:
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer by finish()
+            return self.finish(exc)
+        self.finish(None)
+
+    def finish(self, exc: Optional[BaseException], cancelled: bool = False) -> None:
+        """The generating side is done with this request (`exc` is re-raised in the consumer thread)."""
+        if cancelled or isinstance(exc, _Cancelled):
             self.reply.finish_reason = "cancelled"
-        except _StopText:
-            pass
-        except BaseException as exc:  # re-raised in the consumer thread
+        elif exc is not None and not isinstance(exc, _StopText):
             self._error = exc
-        finally:
-            self._queue.put(None)
+        self._queue.put(None)
 
     def __iter__(self) -> Iterator[str]:
         self.start()
@@ -158,17 +176,28 @@ class ChatModel:
     context_length: int
     name: str = "model"
     max_queue: Optional[int] = None  # requests allowed to wait for the model (None: no limit)
+    max_batch: int = 1  # requests generated together (continuous batching); 1: one at a time
     _jobs: "queue.Queue[Optional[tuple[Callable[[], Any], Future]]]" = field(default_factory=queue.Queue, repr=False)
     _worker: Optional[threading.Thread] = field(default=None, repr=False)
     _worker_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _batcher: Optional[Batcher] = field(default=None, repr=False)
     _waiting: int = field(default=0, repr=False)
     _job_seconds: float = field(default=1.0, repr=False)  # running mean, for Retry-After
+
+    def enqueue(self, gen: Generation) -> Future:
+        """Queue a request: into the running batch when max_batch > 1, else on the one generation thread."""
+        if self.max_batch <= 1:
+            return self.submit(gen._run)
+        with self._worker_lock:
+            if self._batcher is None:
+                self._batcher = Batcher(self.model, self.tokenizer.eos_token_id, self.max_batch, self.max_queue,
+                                        self.name)
+        return self._batcher.add(gen)
 
     def submit(self, fn: Callable[[], Any]) -> Future:
         """Run `fn` on the model's one generation thread, after the jobs already waiting.
 
-        One generation at a time: HF generate has no continuous batching, and putting concurrent
-        requests into one batch would change their answers. The thread lives as long as the model
+        One generation at a time (the max_batch=1 path; `enqueue` batches otherwise). The thread lives as long as the model
         because CUDA work in a fresh thread runs slowly at first (measured on an H100: the first
         generate in a new thread at 14 tokens/s, later ones at 40, the main thread at 33)."""
         with self._worker_lock:
@@ -189,6 +218,9 @@ class ChatModel:
                 self._jobs.put(None)
                 self._worker.join()
                 self._worker = None
+            if self._batcher is not None:
+                self._batcher.close()
+                self._batcher = None
 
     def _serve(self) -> None:
         while (item := self._jobs.get()) is not None:
@@ -244,7 +276,13 @@ class ChatModel:
 
     def chat_batch(self, conversations: list[list[Turn]], sampling: Sampling, system: Optional[str] = None,
                    batch_size: int = 8) -> list[Reply]:
-        """Answers to many conversations, `batch_size` at a time with left padding (evaluation)."""
+        """Answers to many conversations (evaluation): through continuous batching when max_batch > 1 (each
+        answer as if alone), else `batch_size` at a time with left padding."""
+        if self.max_batch > 1:
+            gens = [self.stream(c, sampling, system) for c in conversations]
+            for gen in gens:
+                gen.start()
+            return [gen.run() for gen in gens]
         replies: list[Reply] = []
         for start in range(0, len(conversations), batch_size):
             chunk = [self.prompt_ids(c, sampling.max_new_tokens, system) for c in

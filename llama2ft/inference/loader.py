@@ -117,3 +117,23 @@ def load_chat_model(spec: ModelSpec) -> ChatModel:
     model.eval()
     model.generation_config.use_cache = True
     return ChatModel(model, tok, get_template(r.template, r.system), context_length(model), r.label)
+
+
+def load_vllm(spec: ModelSpec, max_batch: int) -> ChatModel:
+    """The same model under vLLM (`engine=vllm`): the same tokenizer and template render the prompts."""
+    from transformers import AutoConfig
+
+    from llama2ft.inference.vllm_engine import load_vllm_chat_model, require_vllm
+
+    require_vllm()
+    problems = spec.problems()
+    if problems:
+        raise UserError("; ".join(problems))
+    r = resolve(spec)
+    if r.quant != "none":
+        raise UserError(f"engine=vllm serves full-precision weights; quant={r.quant} is for engine=transformers")
+    tok = open_tokenizer(r.tokenizer, spec.revision, spec.trust_remote_code, need_bos_eos=True)
+    config = AutoConfig.from_pretrained(r.base, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+    return load_vllm_chat_model(r.base, tok, r.tokenizer, r.adapter, get_template(r.template, r.system),
+                                context_length(config), r.label, max_batch,
+                                spec.dtype, spec.revision, spec.trust_remote_code)

@@ -7,10 +7,11 @@ import os
 import warnings
 from typing import Any, Optional
 
-from llama2ft.core.errors import ConfigError
+from llama2ft.core.errors import ConfigError, UserError
 from llama2ft.inference.engine import ChatModel
-from llama2ft.inference.loader import ModelSpec, load_chat_model
+from llama2ft.inference.loader import ModelSpec, load_chat_model, load_vllm
 from llama2ft.inference.sampling import Sampling
+from llama2ft.inference.vllm_engine import ENGINES, require_vllm
 
 
 def model_spec(cfg: Any) -> ModelSpec:
@@ -54,6 +55,23 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def load(spec: ModelSpec) -> ChatModel:
+def engine_problems(max_batch: int, engine: str = "transformers") -> list[str]:
+    """The `max_batch=` and `engine=` keys of serve/web/eval; engine=vllm must be able to run here."""
+    problems = [] if int(max_batch) >= 1 else [f"max_batch={max_batch}: must be >= 1 (1: one request at a time)"]
+    if engine not in ENGINES:
+        problems.append(f"engine={engine!r}: must be one of {', '.join(ENGINES)}")
+    elif engine == "vllm":
+        try:
+            require_vllm()
+        except UserError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def load(spec: ModelSpec, max_batch: int = 1, max_queue: Optional[int] = None,
+         engine: str = "transformers") -> ChatModel:
+    """The model to talk to; `max_batch` > 1 batches concurrent requests, `max_queue` bounds the wait."""
     quiet_libraries()
-    return load_chat_model(spec)
+    chat = load_vllm(spec, max_batch) if engine == "vllm" else load_chat_model(spec)
+    chat.max_batch, chat.max_queue = int(max_batch), max_queue
+    return chat

@@ -129,10 +129,11 @@ def load_model(path: str, dtype: torch.dtype, *, quant: Optional[Any] = None, de
 
 
 def context_length(model: Any) -> int:
-    """How many positions the model was built for (dynamic NTK scaling keeps the original length in
-    max_position_embeddings: it covers `factor` times more)."""
-    positions = int(getattr(model.config, "max_position_embeddings", 0) or FALLBACK_CONTEXT)
-    rope = getattr(model.config, "rope_parameters", None) or {}
+    """How many positions the model (or a model config) was built for (dynamic NTK scaling keeps the
+    original length in max_position_embeddings: it covers `factor` times more)."""
+    config = getattr(model, "config", model)
+    positions = int(getattr(config, "max_position_embeddings", 0) or FALLBACK_CONTEXT)
+    rope = getattr(config, "rope_parameters", None) or {}
     return scaled_positions(positions, rope) if rope.get("rope_type") == "dynamic" else positions
 
 

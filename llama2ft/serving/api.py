@@ -2,14 +2,15 @@
 
 Endpoints: POST /v1/chat/completions and /v1/completions (both with `stream`), GET /v1/models, /health.
 Extra sampling fields `top_k` and `repetition_penalty` go in the request body (openai: `extra_body=`).
-Concurrent requests wait their turn for the model (the generation core's queue): each is answered as if
-it were alone, and one request's tokens never reach another's stream. Past `max_queue` waiting requests
+Concurrent requests share the model through the generation core (continuous batching up to `max_batch`):
+each is answered as if it were alone, and one request's tokens never reach another's stream. Past `max_queue` waiting requests
 the server answers 503 with Retry-After instead of queueing without bound; request bodies are capped.
 """
 # No `from __future__ import annotations`: FastAPI reads the handlers' real annotations.
 import asyncio
 import hmac
 import json
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -171,7 +172,9 @@ def sse(chunks: Iterator[dict], gen: Generation) -> StreamingResponse:
             finally:
                 loop.call_soon_threadsafe(pieces.put_nowait, None)
 
-        loop.run_in_executor(None, pump)
+        # a thread of its own: the loop's default executor has cpu_count + 4 threads, and a stream past
+        # that many would get its first token only when an earlier stream ended
+        threading.Thread(target=pump, name="sse-pump", daemon=True).start()
         try:
             while (chunk := await pieces.get()) is not None:
                 yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
