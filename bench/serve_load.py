@@ -35,7 +35,7 @@ PROMPTS = ["请介绍一下你自己。", "数字 680 的中文读法是什么�
 LEVELS = (1, 8, 32)
 
 
-def build(hidden: int, layers: int, max_batch: int):
+def build(hidden: int, layers: int, max_batch: int, dtype: str = "float32"):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from llama2ft import PROJECT_ROOT
@@ -50,7 +50,7 @@ def build(hidden: int, layers: int, max_batch: int):
                          num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=4096,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
+    model = LlamaForCausalLM(config).to(getattr(torch, dtype)).eval()
     # Fixed answer lengths: no EOS, no specials or bytes, no ids past the tokenizer.
     model.generation_config.suppress_tokens = [*range(259), *range(len(tok), config.vocab_size)]
     params = sum(p.numel() for p in model.parameters())
@@ -120,13 +120,15 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=48, help="answer tokens per request")
     ap.add_argument("--max-batch", type=int, default=32, help="the server's max_batch (1: one at a time)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="the model's dtype (llama2ft-serve dtype=): bfloat16 pays on CPUs with AVX512-BF16/AMX")
     ap.add_argument("--quick", action="store_true", help="hidden 256, 2 layers, 12 tokens")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.hidden, args.layers, args.tokens = 256, 2, 12
-    chat, params = build(args.hidden, args.layers, args.max_batch)
+    chat, params = build(args.hidden, args.layers, args.max_batch, args.dtype)
     n = args.tokens
     url = start_server(chat, n)
     client = mp.get_context("spawn").Pool(1)
@@ -152,7 +154,7 @@ def main() -> None:
     chat.close()
 
     print(f"model: random Llama, hidden {args.hidden}, {args.layers} layers, {params / 1e6:.0f} M parameters, "
-          f"float32, {torch.get_num_threads()} threads; {n} greedy tokens per answer; max_batch {args.max_batch} "
+          f"{args.dtype}, {torch.get_num_threads()} threads; {n} greedy tokens per answer; max_batch {args.max_batch} "
           f"(largest batch run: {most})")
     print(f"{'concurrent':>10}{'tokens/s':>10}{'TTFT p50 s':>12}{'TTFT p95 s':>12}{'greedy = solo':>15}")
     for k, s in stats.items():
