@@ -16,16 +16,17 @@ import argparse
 import concurrent.futures as cf
 import json
 import multiprocessing as mp
-import socket
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from api_server import serve_in_thread  # noqa: E402
 
 PRESETS = {  # hidden, intermediate, layers, heads, kv heads, vocab
     "cpu": (512, 1376, 8, 8, 8, None),
@@ -118,21 +119,10 @@ def sync() -> None:
 
 
 def start_server(chat, n_tokens: int) -> str:
-    import uvicorn
-
     from llama2ft.inference.sampling import Sampling
-    from llama2ft.serving.api import create_app
 
     chat.tokenizer.eos_token_id = config_eos()  # same fixed length as the plain path
-    app = create_app(chat, Sampling(do_sample=False, repetition_penalty=1.0, max_new_tokens=n_tokens), "bench")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}"
+    return serve_in_thread(chat, Sampling(do_sample=False, repetition_penalty=1.0, max_new_tokens=n_tokens))
 
 
 def api_request(url: str, n_tokens: int) -> tuple[float, float, int]:

@@ -19,16 +19,17 @@ import argparse
 import concurrent.futures as cf
 import json
 import multiprocessing as mp
-import socket
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from api_server import serve_in_thread  # noqa: E402
 
 PROMPTS = ["请介绍一下你自己。", "数字 680 的中文读法是什么？", "用中文写一首关于春天的短诗。", "北京有哪些有名的景点？",
            "What is the capital of France?", "如何学习一门新的编程语言？", "请解释一下什么是机器学习。", "给我讲一个简短的故事。"]
@@ -58,20 +59,9 @@ def build(hidden: int, layers: int, max_batch: int, dtype: str = "float32"):
 
 
 def start_server(chat, n_tokens: int) -> str:
-    import uvicorn
-
     from llama2ft.inference.sampling import Sampling
-    from llama2ft.serving.api import create_app
 
-    app = create_app(chat, Sampling(do_sample=False, max_new_tokens=n_tokens), "bench")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}"
+    return serve_in_thread(chat, Sampling(do_sample=False, max_new_tokens=n_tokens))
 
 
 def ask(url: str, prompt: str, n_tokens: int) -> tuple[float, str, int]:
