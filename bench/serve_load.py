@@ -36,12 +36,13 @@ PROMPTS = ["请介绍一下你自己。", "数字 680 的中文读法是什么�
 LEVELS = (1, 8, 32)
 
 
-def build(hidden: int, layers: int, max_batch: int, dtype: str = "float32"):
+def build(hidden: int, layers: int, max_batch: int, dtype: str = "float32", cpu_linear: str = "auto"):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from llama2ft import PROJECT_ROOT
     from llama2ft.data.templates import get_template
     from llama2ft.inference.engine import ChatModel
+    from llama2ft.model.cpu_linear import pack_for_cpu
 
     tok = AutoTokenizer.from_pretrained(str(PROJECT_ROOT / "data" / "tokenizer"))
     tok.pad_token = tok.unk_token
@@ -55,6 +56,7 @@ def build(hidden: int, layers: int, max_batch: int, dtype: str = "float32"):
     # Fixed answer lengths: no EOS, no specials or bytes, no ids past the tokenizer.
     model.generation_config.suppress_tokens = [*range(259), *range(len(tok), config.vocab_size)]
     params = sum(p.numel() for p in model.parameters())
+    pack_for_cpu(model, cpu_linear)  # as llama2ft-serve loads a model (cpu_linear=)
     return ChatModel(model, tok, get_template("human_assistant"), 4096, "bench", max_batch=max_batch), params
 
 
@@ -112,13 +114,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="the model's dtype (llama2ft-serve dtype=): bfloat16 pays on CPUs with AVX512-BF16/AMX")
+    ap.add_argument("--cpu-linear", default="auto", choices=["auto", "onednn", "torch"],
+                    help="llama2ft-serve cpu_linear=: oneDNN matrix products on packed weights (auto) or torch's")
     ap.add_argument("--quick", action="store_true", help="hidden 256, 2 layers, 12 tokens")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.hidden, args.layers, args.tokens = 256, 2, 12
-    chat, params = build(args.hidden, args.layers, args.max_batch, args.dtype)
+    chat, params = build(args.hidden, args.layers, args.max_batch, args.dtype, args.cpu_linear)
     n = args.tokens
     url = start_server(chat, n)
     client = mp.get_context("spawn").Pool(1)

@@ -62,7 +62,7 @@ def _base_spec(cfg: DictConfig, template: str) -> ModelSpec:
     if system is None and template == "llama2_inst" and cfg.task == "generate":
         system = COMMUNITY_SYSTEM_PROMPT
     return ModelSpec(template=None if template == "model" else template, system=system, device=cfg.device,
-                     dtype=cfg.model.dtype, tokenizer=cfg.model.tokenizer)
+                     cpu_linear=cfg.cpu_linear, dtype=cfg.model.dtype, tokenizer=cfg.model.tokenizer)
 
 
 main = hydra_command("eval", run_eval, text_keys=TEXT_KEYS)

@@ -30,6 +30,7 @@ class GenerateConfig:
     adapter: Optional[str] = None
     system: Optional[str] = None  # system prompt (llama2_inst); default: the run's or the merged folder's
     device: str = "auto"  # auto | cpu | cuda
+    cpu_linear: str = "auto"  # CPU matrix products: auto (oneDNN on packed weights where it works) | onednn | torch
     template: Optional[TemplateConfig] = None  # the template=/quant= groups override what the run says
     quant: Optional[QuantConfig] = None
     temperature: float = Sampling.temperature

@@ -15,6 +15,7 @@ from llama2ft.core.errors import UserError
 from llama2ft.core.files import is_local_path
 from llama2ft.data.templates import TEMPLATE_NAMES, get_template
 from llama2ft.inference.engine import ChatModel
+from llama2ft.model.cpu_linear import CPU_LINEAR, onednn_works, pack_for_cpu
 from llama2ft.model.loading import (DEVICES, DTYPE_CHOICES, QUANT_MODES, compute_dtype, context_length, load_model,
                                     open_tokenizer, quantization_config)
 from llama2ft.model.lora import load_adapter
@@ -34,6 +35,7 @@ class ModelSpec:
     quant: Optional[str] = None
     dtype: str = "auto"
     device: str = "auto"
+    cpu_linear: str = "auto"  # CPU matrix products: auto | onednn | torch (llama2ft/model/cpu_linear.py)
     revision: Optional[str] = None
     trust_remote_code: bool = False
     name: Optional[str] = None  # display name
@@ -56,6 +58,8 @@ class ModelSpec:
             p.append(f"{prefix}dtype={self.dtype!r}: must be one of {', '.join(DTYPE_CHOICES)}")
         if self.device not in DEVICES:
             p.append(f"{prefix}device={self.device!r}: must be one of {', '.join(DEVICES)}")
+        if self.cpu_linear not in CPU_LINEAR:
+            p.append(f"{prefix}cpu_linear={self.cpu_linear!r}: must be one of {', '.join(CPU_LINEAR)}")
         return p
 
 
@@ -110,13 +114,28 @@ def load_chat_model(spec: ModelSpec) -> ChatModel:
     tok = open_tokenizer(r.tokenizer, spec.revision, spec.trust_remote_code, need_bos_eos=True)
     device = _device(spec)
     dtype = getattr(torch, spec.dtype) if spec.dtype != "auto" else compute_dtype("auto", use_cpu=device == "cpu")
+    if spec.cpu_linear == "onednn":
+        _check_onednn(device, dtype, r.quant)
     model = load_model(r.base, dtype, quant=quantization_config(r.quant, dtype), device=device,
                        revision=spec.revision, trust_remote_code=spec.trust_remote_code, rope_scaling=r.rope_scaling)
     if r.adapter is not None:
         model = load_adapter(model, r.adapter, r.base)
     model.eval()
     model.generation_config.use_cache = True
+    pack_for_cpu(model, spec.cpu_linear)
     return ChatModel(model, tok, get_template(r.template, r.system), context_length(model), r.label)
+
+
+def _check_onednn(device: str, dtype: torch.dtype, quant: str) -> None:
+    """cpu_linear=onednn asked for explicitly: fail before loading where it cannot apply."""
+    if device != "cpu":
+        raise UserError(f"cpu_linear=onednn is for CPU inference; this model loads on {device} (use cpu_linear=auto)")
+    if quant != "none":
+        raise UserError(f"cpu_linear=onednn packs full-precision weights; quant={quant} layers stay as they are "
+                        "(use cpu_linear=auto)")
+    if not onednn_works(dtype):
+        raise UserError(f"cpu_linear=onednn: this PyTorch build cannot run oneDNN {str(dtype)[6:]} matrix products "
+                        "here (use cpu_linear=auto or torch)")
 
 
 def load_vllm(spec: ModelSpec, max_batch: int) -> ChatModel:

@@ -24,7 +24,8 @@ def model_spec(cfg: Any) -> ModelSpec:
         run=cfg.run, name_or_path=m.name_or_path, adapter=cfg.adapter, tokenizer=m.get("tokenizer"),
         template=template.name if template is not None else None, system=system,
         quant=quant.mode if quant is not None else None, dtype=m.get("dtype", "auto"), device=cfg.device,
-        revision=m.get("revision"), trust_remote_code=bool(m.get("trust_remote_code", False)))
+        cpu_linear=cfg.get("cpu_linear", "auto"), revision=m.get("revision"),
+        trust_remote_code=bool(m.get("trust_remote_code", False)))
 
 
 def sampling(cfg: Any) -> Sampling:
