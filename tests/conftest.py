@@ -6,8 +6,11 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,8 +31,9 @@ def _offline_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
 
 
-def compose(overrides: list[str] | None = None, config_name: str = "train", run_dir: str = "/tmp/llama2ft-test"):
-    """A composed config as the apps see it (hydra:runtime resolvers included)."""
+@contextmanager
+def composer(config_name: str = "train", run_dir: str = "/tmp/llama2ft-test") -> Iterator[Callable[[list[str]], Any]]:
+    """`compose` for many configs under one Hydra initialisation (initialising is most of a compose's time)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -37,8 +41,15 @@ def compose(overrides: list[str] | None = None, config_name: str = "train", run_
 
     register_schemas()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=[*(overrides or []), f"hydra.run.dir={run_dir}"],
-                             return_hydra_config=True)
+        yield lambda overrides: hydra_compose(config_name=config_name,
+                                              overrides=[*overrides, f"hydra.run.dir={run_dir}"],
+                                              return_hydra_config=True)
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "train", run_dir: str = "/tmp/llama2ft-test"):
+    """A composed config as the apps see it (hydra:runtime resolvers included)."""
+    with composer(config_name, run_dir) as make:
+        return make(overrides or [])
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from conftest import compose, run_cli
+from conftest import compose, composer, run_cli
 from llama2ft import CONFIG_DIR
 from llama2ft.config.validation import collect_problems, validate
 from llama2ft.core.errors import ConfigError
@@ -28,11 +28,11 @@ def test_groups_have_the_documented_options():
     assert set(options("logger")) == {"none", "wandb", "tensorboard"}
 
 
-def _check_combination(groups: list[str], combo: tuple[str, ...]) -> None:
+def _check_combination(make, groups: list[str], combo: tuple[str, ...]) -> None:
     overrides = [f"{g}={o}" for g, o in zip(groups, combo)]
     if "data=csv" in overrides:
         overrides.append("data.train_file=/x.csv")
-    cfg = compose(overrides)
+    cfg = make(overrides)
     chosen = dict(zip(groups, combo))
     assert cfg.lora.enabled == (chosen["lora"] != "full")
     assert cfg.quant.mode == chosen["quant"]
@@ -44,14 +44,16 @@ def _check_combination(groups: list[str], combo: tuple[str, ...]) -> None:
 def test_every_training_group_combination_composes():
     # every lora x quant x data x template x logger combination (on the default model)
     groups = ["lora", "quant", "data", "template", "logger"]
-    for combo in itertools.product(*(options(g) for g in groups)):
-        _check_combination(groups, combo)
+    with composer() as make:
+        for combo in itertools.product(*(options(g) for g in groups)):
+            _check_combination(make, groups, combo)
 
 
 def test_every_model_with_every_adapter_and_quantization_composes():
     groups = ["model", "lora", "quant"]
-    for combo in itertools.product(*(options(g) for g in groups)):
-        _check_combination(groups, combo)
+    with composer() as make:
+        for combo in itertools.product(*(options(g) for g in groups)):
+            _check_combination(make, groups, combo)
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
