@@ -1,16 +1,16 @@
 """Faster CPU inference: the model's linear layers run oneDNN matrix products on weights packed once.
 
-PyTorch's CPU `nn.Linear` calls MKL, which re-packs the whole weight on every call once more than one row
-comes in: on a 2-core AMD EPYC a 1024x2752 float32 product takes 256 us for 1 row but 1174 us for 8, so a
-batch of 8 decode rows cost 4.6 times one row and continuous batching gained little. oneDNN's
-`_linear_pointwise` on a weight reordered once (what PyTorch's own compiler does on CPU) takes 131 us and
-238 us (`bench/serve_load.py` measures the effect on serving). Results stay float32 and agree with MKL's to
-float rounding; a row's result does not depend on the other rows for most shapes, which keeps batched
-greedy answers equal to solo ones.
+PyTorch's CPU `nn.Linear` calls MKL, whose product of a few rows is slow here (it likely packs the whole
+weight afresh on every call): on a 2-core AMD EPYC a 1024x2752 float32 product takes 256 us for 1 row but
+1174 us for 8, so continuous batching gained little. oneDNN's `_linear_pointwise` on a weight reordered
+once at load (what PyTorch's own compiler does on CPU) takes 131 us and 238 us (`bench/cpu_linear.py`,
+`bench/serve_load.py`). Results keep the model's dtype and agree with MKL's to float rounding; a row's
+result does not depend on the other rows for most shapes, which keeps batched greedy answers equal to
+solo ones.
 
-`pack_linears(model)` swaps each plain `nn.Linear` for a `PackedLinear` in place (as peft and
-bitsandbytes swap layers); the unpacked weights are released, so memory does not grow (a weight shared
-with the embedding, as when the head is tied, stays with the embedding). The model is then for inference
+`pack_linears(model)` swaps each plain `nn.Linear` for a `PackedLinear` in place (as peft and bitsandbytes
+swap layers); the unpacked weights are released, so memory does not grow (except for a head tied to the
+embedding: the embedding keeps that weight, the head its packed copy). The model is then for inference
 only: no gradients, no saving. Layers inside a peft adapter (LoRA's own and the base layer it wraps) and
 quantized layers are left as they are.
 """
@@ -32,7 +32,6 @@ class PackedLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
         self.bias: Optional[torch.Tensor] = None if linear.bias is None else linear.bias.detach().clone()
-        self.dtype = linear.weight.dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
