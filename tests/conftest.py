@@ -29,6 +29,8 @@ def _offline_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("LLAMA2FT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "llama2ft-cache"))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    # inductor's kernel cache is not keyed by the CPU capability (ATEN_CPU_CAPABILITY): keep it per session
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "inductor"))
 
 
 @contextmanager

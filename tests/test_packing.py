@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from llama2ft.data.collators import PackedCollator
 from llama2ft.data.packing import pack_bins, pack_columns
 from llama2ft.data.templates import IGNORE_INDEX
+from llama2ft.model.attention import packed_row_multiple
 
 
 def test_pack_bins_fills_without_overflow():
@@ -127,7 +128,10 @@ def test_varlen_attention_falls_back_for_generation_with_padding():
 def test_flex_attention_packed_losses_equal_separate_runs():
     """FlexAttention, the GPU's choice for packed rows (model.attention.packed_attention), takes its block mask
     from the packed position_ids: the losses equal each sample run alone. Forward only: torch has no flex
-    backward on CPU (the GPU script checks training)."""
+    backward on CPU (the GPU script checks training). The rows are padded as training pads them for flex
+    (`packed_row_multiple`: whole 128-token blocks). Unpadded 40-token rows give NaN or wrong losses for
+    some samples on AVX2 CPUs (flex's CPU kernel with a partial block; AVX512 is exact either way), which
+    training never feeds it; the padding is checked on its own below."""
     gen = torch.Generator().manual_seed(3)
     lengths = [7, 19, 3, 12, 25]
     samples = [torch.randint(3, 96, (n,), generator=gen).tolist() for n in lengths]
@@ -136,10 +140,20 @@ def test_flex_attention_packed_losses_equal_separate_runs():
         alone = torch.cat([per_token_loss(model(input_ids=torch.tensor([s])).logits, torch.tensor([s]))[0]
                            for s in samples])
         cols = pack_columns(samples, samples, capacity=40)
-        batch = PackedCollator(pad_token_id=0)([{k: cols[k][i] for k in cols} for i in range(len(cols["input_ids"]))])
+        batch = PackedCollator(0, packed_row_multiple("flex_attention"))(
+            [{k: cols[k][i] for k in cols} for i in range(len(cols["input_ids"]))])
         model.config._attn_implementation = "flex_attention"
         packed = per_token_loss(model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits,
                                 batch["labels"])
     got = packed[batch["labels"][..., 1:] != IGNORE_INDEX]
     assert got.numel() == alone.numel()
     assert torch.allclose(got.sort().values, alone.sort().values, atol=1e-5, rtol=0)
+
+
+def test_flex_rows_are_padded_to_whole_blocks():
+    """What keeps flex exact on every CPU kind: its packed batches are whole 128-token blocks."""
+    cols = pack_columns([[5] * 7, [6] * 19], [[5] * 7, [6] * 19], capacity=40)
+    batch = PackedCollator(0, packed_row_multiple("flex_attention"))([{k: cols[k][0] for k in cols}])
+    assert batch["input_ids"].shape[1] == 128
+    assert batch["position_ids"][0, 26:].tolist() == list(range(102))  # the padding is its own run
+    assert packed_row_multiple("sdpa") == 8
