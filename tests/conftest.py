@@ -91,6 +91,72 @@ def run_cli(module: str, *args: str, env: dict | None = None, timeout: int = 600
                           cwd=str(cwd or PROJECT_ROOT))
 
 
+@dataclass
+class AppResult:
+    """What a command run in this process left: its exit code and what it printed (like CompletedProcess)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@contextmanager
+def _environment(env: dict | None) -> Iterator[None]:
+    """`env` set in os.environ for the block (a None value unsets the variable), restored after."""
+    saved = {k: os.environ.get(k) for k in env or {}}
+    try:
+        for key, value in (env or {}).items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run_app(module: str, *args: str, env: dict | None = None, cwd: Path | None = None) -> AppResult:
+    """`llama2ft-<module> args...` run in this process: the command's own console entry (Hydra parses the
+    arguments, composes the config, makes its run folder), with its output captured and its exit code
+    kept; no interpreter start and no second import of torch/transformers. Use `run_cli` where a real
+    process is what is tested (signals, launchers, servers)."""
+    import importlib
+    import io
+    import logging
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    command = importlib.import_module(f"llama2ft.{module}")
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    saved = (sys.argv, os.getcwd(), list(root.handlers), root.level)
+    code = 0
+    GlobalHydra.instance().clear()
+    try:
+        with _environment(env), redirect_stdout(out), redirect_stderr(err):
+            os.chdir(cwd or PROJECT_ROOT)
+            sys.argv = [f"llama2ft-{module}", *args]
+            try:
+                command.main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        GlobalHydra.instance().clear()
+        sys.argv, cwd_before, handlers, level = saved
+        os.chdir(cwd_before)
+        for handler in root.handlers:  # Hydra's job logging (the run's .log file) ends with the command
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    return AppResult(code, out.getvalue(), err.getvalue())
+
+
 def shared_file(name: str) -> Path:
     path = SHARED_DATA / name
     if not path.is_file():
@@ -150,4 +216,4 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-__all__ = ["compose", "run_cli", "shared_file", "free_port", "start_app", "TrainedRun", "SHARED_DATA", "llama2ft"]
+__all__ = ["compose", "run_cli", "run_app", "shared_file", "free_port", "start_app", "TrainedRun", "SHARED_DATA", "llama2ft"]
