@@ -40,8 +40,10 @@ def composer(config_name: str = "train", run_dir: str = "/tmp/llama2ft-test") ->
     from hydra import initialize_config_dir
 
     from llama2ft.config.hydra_app import register_schemas
+    from llama2ft.training.methods import register_schemas as register_method_schemas
 
     register_schemas()
+    register_method_schemas()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         yield lambda overrides: hydra_compose(config_name=config_name,
                                               overrides=[*overrides, f"hydra.run.dir={run_dir}"],

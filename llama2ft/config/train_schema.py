@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
-
 from llama2ft.model.lora import LLAMA_PROJECTIONS
 
 
@@ -146,17 +144,6 @@ class SampleEvalConfig:
 
 
 @dataclass
-class MethodConfig:
-    """What training optimises: sft (next-token loss on dialogues) or a preference method on pairs."""
-
-    name: str = "sft"  # sft | dpo | orpo
-    beta: float = 0.1  # dpo: pull towards the reference (higher: stays closer); orpo: weight of the odds-ratio term
-    loss_type: str = "sigmoid"  # dpo: sigmoid | ipo | hinge
-    label_smoothing: float = 0.0  # dpo sigmoid: the share of pairs assumed mislabelled (conservative DPO)
-    sft_weight: float = 0.0  # dpo: plus this weight x the chosen answer's token NLL (keeps chosen likely)
-
-
-@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -167,13 +154,10 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     sample_eval: SampleEvalConfig = field(default_factory=SampleEvalConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    # what training optimises: typed by the chosen method's own settings (configs/method/<name>.yaml extends
+    # the `method/<name>_schema` each method in llama2ft/training/methods/ registers)
+    method: Any = None
     init_from: Optional[str] = None  # a preference run starts from this SFT run folder or merged model folder
     task_name: str = "train"
     experiment_name: Optional[str] = None
     objective: str = "eval_loss"  # the metric a run returns (sweeps sort by it; lower is better)
-
-
-def register_schema() -> None:
-    """Make `train_schema` available to the defaults list of configs/train.yaml."""
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)

@@ -3,7 +3,7 @@ is loaded (the allowed values come from the layers that own them)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -12,10 +12,9 @@ from llama2ft.config.variants import variant_problems
 from llama2ft.core.errors import ConfigError
 from llama2ft.core.files import is_local_path
 from llama2ft.data.mixing import input_problems
-from llama2ft.data.pipeline import PREVIEW_KEPT
+from llama2ft.data.splits import PREVIEW_KEPT
 from llama2ft.data.shapes import FORMATS
 from llama2ft.data.templates import TEMPLATE_NAMES
-from llama2ft.config.preference_checks import preference_problems
 from llama2ft.model.kernels import kernel_problems
 from llama2ft.model.loading import DTYPE_CHOICES, DTYPES, PRECISIONS, QUANT_MODES
 from llama2ft.model.memory import CHECKPOINTING, checkpointing_setting
@@ -88,12 +87,11 @@ def collect_problems(cfg: DictConfig) -> list[str]:
         _one_of(p, "logger.report_to", name, REPORT_TO)
     _one_of(p, "logger.wandb_mode", cfg.logger.wandb_mode, WANDB_MODES)
     p += variant_problems(cfg)  # LoRA variants, LoRA+, NEFTune, RoPE scaling and context length
-    p += preference_problems(cfg)
     return p
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise one ConfigError listing every problem."""
-    problems = collect_problems(cfg)
+def validate(cfg: DictConfig, extra: Optional[list[str]] = None) -> None:
+    """Raise one ConfigError listing every problem (`extra`: those the caller found, e.g. the method's)."""
+    problems = collect_problems(cfg) + list(extra or [])
     if problems:
         raise ConfigError(problems)

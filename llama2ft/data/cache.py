@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from llama2ft.data.mixing import as_list
 
-CACHE_VERSION = 3  # bump when the data step's output changes for the same inputs
+CACHE_VERSION = 4  # bump when the data step's output changes for the same inputs
 STATS_FILE = "stats.json"
 # data.* keys that do not change the tokenized result (the files count through their contents)
 _NOT_KEYED = ("cache", "cache_dir", "train_file", "eval_file", "preview_rows")
@@ -40,12 +40,15 @@ def tokenizer_digest(tokenizer: Any) -> str:
     return hashlib.sha256((text + json.dumps(extra)).encode("utf-8")).hexdigest()
 
 
-def cache_key(data: dict, tokenizer: Any, template: tuple[str, Optional[str]], split_seed: Optional[int]) -> str:
+def cache_key(data: dict, tokenizer: Any, template: tuple[str, Optional[str]], split_seed: Optional[int],
+              rows: str = "dialogues") -> str:
     """The key of one preprocessing: `data` is the data config as a plain dict, `template` its
-    (name, system), `split_seed` the seed of a held-out split (None when there is none)."""
+    (name, system), `split_seed` the seed of a held-out split (None when there is none), `rows` what
+    the files hold (`splits.RowKind.name`)."""
     settings = {k: v for k, v in data.items() if k not in _NOT_KEYED}
     parts = {
         "version": CACHE_VERSION,
+        "rows": rows,
         "train": [file_digest(path) for path in as_list(data["train_file"])],
         "eval": file_digest(data["eval_file"]) if data.get("eval_file") else None,
         "split_seed": split_seed,

@@ -4,9 +4,7 @@ objects), with the statistics of each split (`data_stats.json`)."""
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
@@ -155,12 +153,6 @@ def encode_rows(rows: Rows, template: Template, tokenizer: Any, *, max_seq_len: 
             columns["input_ids"].append(ids.tolist())
             columns["labels"].append(labels.tolist())
     return columns, stats
-
-
-def write_stats(stats: dict, out_dir: Path) -> Path:
-    path = out_dir / "data_stats.json"
-    path.write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
 
 
 def summary_line(stats: dict) -> str:

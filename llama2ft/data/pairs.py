@@ -1,212 +1,144 @@
-"""Preference pairs (DPO, ORPO): a file with columns `prompt`, `chosen`, `rejected`, checked row by row
-and encoded through the SFT templates.
+"""Preference rows, read and checked one at a time from any data file type the SFT data step reads
+(.csv, .jsonl, .json, .parquet, a datasets folder): pairs (`prompt`, `chosen`, `rejected`: DPO, ORPO,
+SimPO) and single completions (`prompt`, `completion`, `label`: KTO; a pairs row gives KTO its chosen
+answer as desirable and its rejected one as undesirable).
 
 `prompt` is a community-format dialogue ending with a Human turn (`<s>Human: ...\\n</s>`, earlier turns
-included) or plain question text; `chosen`/`rejected` are answer texts. A pair becomes two sequences
-`prompt ids + answer ids`: the prompt ids are `templates.encode_prompt` of the conversation (exactly what
-chat, web, API and eval feed), and an answer's ids are the trained tokens of the conversation rendered
-with that answer (answer + closing text + EOS, what SFT trains). Only answer tokens are scored.
+included) or plain question text; answers are answer text only. Encoding is in `pair_encode`.
 """
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, field
-from typing import Any, Optional
-
-import torch
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 from llama2ft.core.errors import DataError
-from llama2ft.data.csv_reader import read_columns
-from llama2ft.data.dialogue import ASSISTANT, HUMAN, DialogueFormatError, Turn, parse_dialogue
-from llama2ft.data.records import file_kind, iter_records
-from llama2ft.data.templates import IGNORE_INDEX, Rendered, Template, encode_prompt, encode_rendered
+from llama2ft.data.csv_reader import read_header
+from llama2ft.data.dialogue import HUMAN, DialogueFormatError, Turn, parse_dialogue
+from llama2ft.data.records import file_kind, scan_records
+from llama2ft.data.sources import BAD, VALID, Item
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
+COMPLETION_COLUMNS = ("prompt", "completion", "label")
+_TRUE, _FALSE = ("true", "1", "yes", "desirable", "good"), ("false", "0", "no", "undesirable", "bad")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Pair:
-    row: int
-    turns: list[Turn]  # the conversation, ending with the question
+    turns: tuple[Turn, ...]  # the conversation, ending with the question
     chosen: str
     rejected: str
 
 
-@dataclass
-class EncodedPair:
-    row: int
-    prompt_ids: list[int]
-    chosen_ids: list[int]  # answer tokens only
-    rejected_ids: list[int]
+@dataclass(frozen=True)
+class Completion:
+    turns: tuple[Turn, ...]
+    completion: str
+    desirable: bool
 
 
-@dataclass
-class PairSplits:
-    train: list[EncodedPair]
-    eval: list[EncodedPair]
-    eval_pairs: list[Pair]  # the held-out pairs as text (greedy answers before/after)
-    stats: dict = field(default_factory=dict)
-
-
-def read_pair_table(path: str, encoding: Optional[str]) -> list[tuple[int, str, dict[str, str]]]:
-    """`(row number, where, {prompt, chosen, rejected})` of a pairs file (.csv, .jsonl, .json, .parquet or a
-    datasets folder); `where` is "row 3" or "line 7" for errors. The one place that reads the file."""
-    if file_kind(path) == "csv":
-        return [(n, f"row {n}", cells) for n, cells in read_columns(path, PAIR_COLUMNS, encoding=encoding)]
-    out = []
-    for record in iter_records(path, encoding):
-        fields = record.fields or {}
-        missing = [c for c in PAIR_COLUMNS if c not in fields]
-        if missing:
-            raise record.error(f"no field {', '.join(map(repr, missing))} (fields: {', '.join(map(repr, fields))}); "
-                               f"a pairs file needs {', '.join(PAIR_COLUMNS)}")
-        cells = {c: "" if fields[c] is None else fields[c] for c in PAIR_COLUMNS}
-        wrong = [c for c, v in cells.items() if not isinstance(v, str)]
-        if wrong:
-            raise record.error(f"{', '.join(map(repr, wrong))} must be text, not {type(cells[wrong[0]]).__name__}")
-        out.append((record.number, record.where, cells))
-    if not out:
-        raise DataError(f"{path} has no rows")
-    return out
-
-
-def prompt_turns(prompt: str) -> list[Turn]:
+def prompt_turns(prompt: str) -> tuple[Turn, ...]:
     """The conversation a prompt cell stands for; DialogueFormatError says why it is unusable."""
     if not prompt.strip():
         raise DialogueFormatError("empty prompt")
     if not prompt.lstrip().startswith("<s>"):
-        return [Turn(HUMAN, prompt.strip())]
+        return (Turn(HUMAN, prompt.strip()),)
     # A dialogue ending with a question: parse it with a placeholder answer, which the parser requires.
     turns = parse_dialogue(prompt.rstrip() + "<s>Assistant: .\n</s>")[:-1]
     if not turns or turns[-1].role != HUMAN:
         raise DialogueFormatError("the prompt does not end with a Human turn (<s>Human: ...\\n</s>): "
-                                  "there is no question for chosen/rejected to answer")
-    return turns
+                                  "there is no question for the answers to answer")
+    return tuple(turns)
 
 
-def check_pair(cells: dict[str, str]) -> Pair:
-    """One row as a Pair (row number 0); DialogueFormatError says what is wrong with it."""
-    turns = prompt_turns(cells["prompt"])
-    chosen, rejected = cells["chosen"].strip(), cells["rejected"].strip()
-    for name, text in (("chosen", chosen), ("rejected", rejected)):
-        if not text:
-            raise DialogueFormatError(f"empty {name} answer")
-        if "<s>" in text or "</s>" in text:
-            raise DialogueFormatError(f"the {name} answer contains <s> or </s>: it must be answer text only")
+def _answer(name: str, text: Any) -> str:
+    if not isinstance(text, str):
+        raise DialogueFormatError(f"{name!r} must be text, not {type(text).__name__}")
+    text = text.strip()
+    if not text:
+        raise DialogueFormatError(f"empty {name} answer")
+    if "<s>" in text or "</s>" in text:
+        raise DialogueFormatError(f"the {name} answer contains <s> or </s>: it must be answer text only")
+    return text
+
+
+def _prompt(fields: dict) -> tuple[Turn, ...]:
+    if not isinstance(fields["prompt"], str):
+        raise DialogueFormatError(f"'prompt' must be text, not {type(fields['prompt']).__name__}")
+    return prompt_turns(fields["prompt"])
+
+
+def _missing(fields: dict, columns: tuple[str, ...], need: str) -> None:
+    missing = [c for c in columns if c not in fields]
+    if missing:
+        raise DialogueFormatError(f"no field {', '.join(map(repr, missing))} (fields: {', '.join(map(repr, fields))});"
+                                  f" {need}")
+
+
+def check_pair(fields: dict) -> Pair:
+    """One row as a Pair; DialogueFormatError says what is wrong with it."""
+    _missing(fields, PAIR_COLUMNS, f"a pairs file needs {', '.join(PAIR_COLUMNS)}")
+    turns = _prompt(fields)
+    chosen, rejected = _answer("chosen", fields["chosen"] or ""), _answer("rejected", fields["rejected"] or "")
     if chosen == rejected:
         raise DialogueFormatError("chosen and rejected are the same text: the pair prefers nothing")
-    return Pair(0, turns, chosen, rejected)
+    return Pair(turns, chosen, rejected)
 
 
-def read_pairs(path: str, encoding: Optional[str], skip_bad_rows: bool) -> tuple[list[Pair], list[tuple[int, str]]]:
-    """Every usable pair of a file, and the skipped rows (a bad row raises unless `skip_bad_rows`)."""
-    pairs, skipped = [], []
-    for number, where, cells in read_pair_table(path, encoding):
-        try:
-            pair = check_pair(cells)
-        except DialogueFormatError as exc:
-            if not skip_bad_rows:
-                raise DataError(f"{path} {where}: {exc}") from None
-            skipped.append((number, str(exc)))
+def parse_label(value: Any) -> bool:
+    """A KTO label: true/false (or 1/0, yes/no, desirable/undesirable) for a desirable completion."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower() if isinstance(value, str) else None
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise DialogueFormatError(f"label {value!r} must be true or false (true: a desirable completion)")
+
+
+def check_completions(fields: dict) -> tuple[Completion, ...]:
+    """One KTO row: a (prompt, completion, label) row, or a pairs row as its chosen answer (desirable)
+    and its rejected one (undesirable)."""
+    if "completion" not in fields and {"chosen", "rejected"} <= set(fields):
+        pair = check_pair(fields)
+        return Completion(pair.turns, pair.chosen, True), Completion(pair.turns, pair.rejected, False)
+    _missing(fields, COMPLETION_COLUMNS, f"a KTO file needs {', '.join(COMPLETION_COLUMNS)} "
+                                         f"(or {', '.join(PAIR_COLUMNS)})")
+    return (Completion(_prompt(fields), _answer("completion", fields["completion"] or ""),
+                       parse_label(fields["label"])),)
+
+
+def _csv_columns(path: str, encoding: Optional[str], alternatives: tuple[tuple[str, ...], ...]) -> None:
+    """A csv whose header lacks the columns fails once for the file, not once per row."""
+    header = [h.strip() for h in read_header(path, encoding)]
+    if not any(set(cols) <= set(header) for cols in alternatives):
+        wanted = min(alternatives, key=lambda cols: len(set(cols) - set(header)))
+        missing = [c for c in wanted if c not in header]
+        raise DataError(f"{path} has no column {', '.join(map(repr, missing))}; columns found: "
+                        f"{', '.join(map(repr, header))}")
+
+
+def _iter(path: str, data: Any, check_row: Callable[[dict], Any],
+          alternatives: tuple[tuple[str, ...], ...]) -> Iterator[Item]:
+    if file_kind(path) == "csv":
+        _csv_columns(path, data.encoding, alternatives)
+    for record in scan_records(path, data.encoding):
+        if record.problem is not None:
+            yield Item(record.number, record.where, BAD, None, record.problem)
             continue
-        pair.row = number
-        pairs.append(pair)
-    if not pairs:
-        raise DataError(f"{path}: no usable pairs ({len(skipped)} skipped)")
-    return pairs, skipped
+        try:
+            yield Item(record.number, record.where, VALID, check_row(record.fields))
+        except DialogueFormatError as exc:
+            yield Item(record.number, record.where, BAD, None, str(exc))
 
 
-def answer_ids(template: Template, tok: Any, turns: list[Turn], answers: list[str]) -> list[list[int]]:
-    """The trained ids of each answer to the conversation `turns`, as SFT trains them."""
-    rendered = []
-    for answer in answers:
-        r = template.render([*turns, Turn(ASSISTANT, answer)], tok)
-        rendered.append(Rendered(r.text, r.trained[-1:]))  # earlier answers belong to the prompt
-    return [[i for i, lab in zip(e.input_ids, e.labels) if lab != IGNORE_INDEX]
-            for e in encode_rendered(tok, rendered)]
+def iter_pairs(path: str, data: Any, check: bool = True) -> Iterator[Item]:
+    """Every row of a pairs file as an Item whose value is a Pair (`data`: the data config node; rows
+    are parsed on every pass, `check` is accepted for the pipeline's second pass)."""
+    return _iter(path, data, check_pair, (PAIR_COLUMNS,))
 
 
-def encode_pairs(template: Template, tok: Any, pairs: list[Pair], max_seq_len: int, path: str,
-                 stats: dict) -> list[EncodedPair]:
-    """Token ids of each pair; an answer that does not fit after its prompt is cut (counted in `stats`),
-    a prompt that alone fills `max_seq_len` is a DataError naming the row."""
-    out = []
-    for pair in pairs:
-        prompt = encode_prompt(template, tok, pair.turns)
-        if len(prompt) >= max_seq_len:
-            raise DataError(f"{path} row {pair.row}: the prompt alone is {len(prompt)} tokens and fills "
-                            f"data.max_seq_len={max_seq_len}: no answer token would be scored")
-        chosen, rejected = answer_ids(template, tok, pair.turns, [pair.chosen, pair.rejected])
-        room = max_seq_len - len(prompt)
-        if len(chosen) > room or len(rejected) > room:
-            stats["truncated_pairs"] += 1
-        stats["prompt_tokens"] += len(prompt)
-        stats["answer_tokens"] += min(len(chosen), room) + min(len(rejected), room)
-        out.append(EncodedPair(pair.row, prompt, chosen[:room], rejected[:room]))
-    return out
-
-
-def prepare_pairs(data: Any, template: Template, tok: Any, seed: int) -> PairSplits:
-    """Read, check, split and encode the pairs as the data config node says (train_file, eval_file or
-    eval_fraction, max_seq_len, encoding, skip_bad_rows)."""
-    train, skipped = read_pairs(data.train_file, data.encoding, data.skip_bad_rows)
-    held: list[Pair] = []
-    if data.eval_file:
-        held, more = read_pairs(data.eval_file, data.encoding, data.skip_bad_rows)
-        skipped += more
-    elif data.eval_fraction > 0 and len(train) > 1:
-        order = list(range(len(train)))
-        random.Random(seed).shuffle(order)
-        k = max(1, int(len(train) * data.eval_fraction))
-        chosen = set(order[:k])
-        held = [p for i, p in enumerate(train) if i in chosen]
-        train = [p for i, p in enumerate(train) if i not in chosen]
-    splits = {}
-    stats: dict = {"format": "pairs", "skipped_rows": len(skipped), "skipped_examples": skipped[:20]}
-    for name, pairs, path in (("train", train, data.train_file), ("eval", held, data.eval_file or data.train_file)):
-        s = {"pairs": len(pairs), "truncated_pairs": 0, "prompt_tokens": 0, "answer_tokens": 0}
-        splits[name] = encode_pairs(template, tok, pairs, data.max_seq_len, path, s)
-        stats[name] = s
-    return PairSplits(splits["train"], splits["eval"], held, stats)
-
-
-def pair_summary(stats: dict) -> str:
-    tr, ev = stats["train"], stats["eval"]
-    return (f"data: {tr['pairs']} training pairs, {ev['pairs']} held out; {tr['truncated_pairs'] + ev['truncated_pairs']}"
-            f" cut to data.max_seq_len, {stats['skipped_rows']} rows skipped")
-
-
-class PairCollator:
-    """A batch of B pairs as 2B right-padded rows (chosen rows first, then rejected) whose labels are
-    the answer tokens only; precomputed reference log-probs ride along when the pairs have them."""
-
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        rows = [(f["prompt_ids"], f[k]) for k in ("chosen_ids", "rejected_ids") for f in features]
-        width = max(len(p) + len(a) for p, a in rows)
-        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (p, a) in enumerate(rows):
-            n = len(p) + len(a)
-            ids[i, :n] = torch.as_tensor([*p, *a])
-            labels[i, len(p):n] = torch.as_tensor(a)
-            mask[i, :n] = 1
-        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
-        if "ref_chosen" in features[0]:
-            batch["ref_chosen"] = torch.tensor([f["ref_chosen"] for f in features], dtype=torch.float32)
-            batch["ref_rejected"] = torch.tensor([f["ref_rejected"] for f in features], dtype=torch.float32)
-        return batch
-
-
-def as_features(pairs: list[EncodedPair], refs: Optional[list[tuple[float, float]]] = None) -> list[dict]:
-    """The pairs as the Trainer's dataset (a list of dicts), with their reference log-probs if given."""
-    out = []
-    for k, p in enumerate(pairs):
-        f: dict = {"prompt_ids": p.prompt_ids, "chosen_ids": p.chosen_ids, "rejected_ids": p.rejected_ids}
-        if refs is not None:
-            f["ref_chosen"], f["ref_rejected"] = refs[k]
-        out.append(f)
-    return out
+def iter_completions(path: str, data: Any, check: bool = True) -> Iterator[Item]:
+    """Every row of a KTO file as an Item whose value is a tuple of Completions (one, or two for a pair)."""
+    return _iter(path, data, check_completions, (COMPLETION_COLUMNS, PAIR_COLUMNS))

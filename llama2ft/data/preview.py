@@ -11,13 +11,12 @@ from llama2ft.data.templates import decode_text
 MARKS = ("⟦", "⟧")
 
 
-def write_preview(preview: list[dict], out_dir: Path) -> Path:
+def write_preview(preview: list[dict], path: Path) -> Path:
     """One json object per line: {"split", "row" (the row's number in its file), "input_ids", "labels"} and,
-    with several train files, "file"."""
-    path = out_dir / "preview.jsonl"
+    with several train files, "file"; preference rows add "rejected_ids" (pairs) or "desirable" (KTO)."""
     with path.open("w", encoding="utf-8") as f:
         for sample in preview:
-            keys = ("split", "row", "input_ids", "labels", "file")
+            keys = ("split", "row", "input_ids", "labels", "rejected_ids", "desirable", "file")
             f.write(json.dumps({k: sample[k] for k in keys if k in sample}, ensure_ascii=False) + "\n")
     return path
 

@@ -3,7 +3,7 @@ that it learned something)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from llama2ft.data.dialogue import Turn
 from llama2ft.data.templates import Template
@@ -15,7 +15,8 @@ from llama2ft.model.loading import context_length
 @dataclass
 class QA:
     history: list[Turn]  # ends with the question (a human turn)
-    reference: str
+    reference: str  # the wanted answer
+    rejected: Optional[str] = None  # an unwanted answer (preference pairs), to tell it apart when it is given
 
 
 def questions_from_dialogues(dialogues: list[list[Turn]], limit: int) -> list[QA]:

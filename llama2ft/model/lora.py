@@ -16,7 +16,6 @@ LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pr
 # saved converted (see save_adapter).
 LORA_INITS = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
 BASE_CHANGING_INITS = ("pissa", "olora")
-INITIAL_ADAPTER_DIR = "adapter_init"  # run folder: a PiSSA/OLoRA adapter as it was before training
 
 
 def prepare_for_training(model: Any, quantized: bool, gradient_checkpointing: bool) -> Any:

@@ -1,12 +1,18 @@
-"""The folders llama2ft writes and reads back: a finished training run (hydra.run.dir of llama2ft-train:
-what merge, chat, web, API and eval take from `run=`), an adapter folder, and the chat settings file
-that a merged model carries."""
+"""The one owner of a training run's folder (hydra.run.dir of llama2ft-train): every file name in it and
+how each part is written and read back. Training writes through `RunDir`; sweeps, merge, the model card,
+chat, web, API and eval read through `RunDir` and `read_run`. Also the chat settings file that a merged
+model carries (written by llama2ft-merge beside a published model).
+
+A finished run holds config.yaml (the resolved training config), data_stats.json, preview.jsonl,
+adapter/ (LoRA) or model/ (full fine-tuning), tokenizer/, metrics.json and loss.png; base_model/ when it
+trained the embedded tiny model; checkpoints/ while (and after) it trains.
+"""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -18,13 +24,134 @@ from llama2ft.model.rope import scaling_of
 CHAT_META_FILE = "llama2ft.json"
 
 
+class RunDir:
+    """The layout of one run folder: its parts' paths, and reading/writing the small files."""
+
+    CONFIG = "config.yaml"
+    STATS = "data_stats.json"
+    PREVIEW = "preview.jsonl"
+    METRICS = "metrics.json"
+    LOSS_PLOT = "loss.png"
+    ADAPTER = "adapter"
+    MODEL = "model"  # a full fine-tune's weights (lora=full)
+    TOKENIZER = "tokenizer"
+    BASE_MODEL = "base_model"  # the embedded tiny base, built from model.init
+    CHECKPOINTS = "checkpoints"
+    INITIAL_ADAPTER = "adapter_init"  # a PiSSA/OLoRA adapter as it was before training
+    FAILED = "FAILED"  # a sweep job that stopped on bad input: its error message
+
+    def __init__(self, path: Union[str, Path]):
+        self.path = Path(path).expanduser()
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def config(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def stats(self) -> Path:
+        return self.path / self.STATS
+
+    @property
+    def preview(self) -> Path:
+        return self.path / self.PREVIEW
+
+    @property
+    def adapter(self) -> Path:
+        return self.path / self.ADAPTER
+
+    @property
+    def model(self) -> Path:
+        return self.path / self.MODEL
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.path / self.TOKENIZER
+
+    @property
+    def base_model(self) -> Path:
+        return self.path / self.BASE_MODEL
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / self.CHECKPOINTS
+
+    @property
+    def initial_adapter(self) -> Path:
+        return self.path / self.INITIAL_ADAPTER
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.path / self.LOSS_PLOT
+
+    @property
+    def failed(self) -> Path:
+        return self.path / self.FAILED
+
+    def is_run(self) -> bool:
+        return self.config.is_file()
+
+    def finished_parts(self) -> list[str]:
+        """What only a finished run has (empty for a new or unfinished run)."""
+        return [p for p in (self.ADAPTER, self.MODEL, self.METRICS) if (self.path / p).exists()]
+
+    def is_finished(self) -> bool:
+        return self.is_run() and self.metrics.is_file()
+
+    def has_checkpoints(self) -> bool:
+        return self.checkpoints.is_dir() and any(self.checkpoints.glob("checkpoint-*"))
+
+    def write_config(self, cfg: Any) -> None:
+        OmegaConf.save(cfg, self.config, resolve=True)
+
+    def read_config(self) -> DictConfig:
+        return OmegaConf.load(self.config)  # type: ignore[return-value]
+
+    def write_stats(self, stats: dict) -> None:
+        _write_json(self.stats, stats)
+
+    def read_stats(self) -> dict:
+        return _read_json(self.stats)
+
+    def write_metrics(self, metrics: dict) -> None:
+        _write_json(self.metrics, metrics)
+
+    def read_metrics(self) -> dict:
+        return _read_json(self.metrics)
+
+    def failure(self) -> Optional[str]:
+        """The error a sweep job stopped on, if it did."""
+        return self.failed.read_text(encoding="utf-8").strip() if self.failed.is_file() else None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _read_json(path: Path) -> dict:
+    """The file's object, {} when the file is not there."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 @dataclass
 class RunFolder:
+    """A finished run, read back: what merge, chat, web, API, eval and a preference start take from it."""
+
     path: Path
     cfg: DictConfig  # the run's resolved config.yaml
     adapter: Optional[Path]  # adapter/ of a LoRA run
     model: Optional[Path]  # model/ of a full fine-tune (lora=full)
     tokenizer: Path
+
+    @property
+    def dir(self) -> RunDir:
+        return RunDir(self.path)
 
     @property
     def tiny(self) -> bool:
@@ -34,7 +161,7 @@ class RunFolder:
     @property
     def base(self) -> str:
         """What the adapter was trained on: a folder or hub id, or the run's base_model/."""
-        return str(self.path / "base_model") if self.tiny else str(self.cfg.model.name_or_path)
+        return str(self.dir.base_model) if self.tiny else str(self.cfg.model.name_or_path)
 
     @property
     def template(self) -> str:
@@ -55,20 +182,22 @@ class RunFolder:
 
 
 def is_run_folder(path: Union[str, Path]) -> bool:
-    return (Path(path).expanduser() / "config.yaml").is_file()
+    return RunDir(path).is_run()
 
 
 def read_run(path: Union[str, Path]) -> RunFolder:
     """The parts of a finished run; a folder that is no run, or an unfinished one, is one UserError."""
-    run = Path(path).expanduser()
-    if not is_run_folder(run):
-        raise UserError(f"{run} is not a training run folder (no config.yaml); pass run=<hydra.run.dir of llama2ft-train>")
-    adapter = run / "adapter" if (run / "adapter").is_dir() else None
-    model = run / "model" if (run / "model").is_dir() else None
+    run = RunDir(path)
+    if not run.is_run():
+        raise UserError(f"{run.path} is not a training run folder (no {RunDir.CONFIG}); "
+                        "pass run=<hydra.run.dir of llama2ft-train>")
+    adapter = run.adapter if run.adapter.is_dir() else None
+    model = run.model if run.model.is_dir() else None
     if adapter is None and model is None:
-        raise UserError(f"{run} has no adapter/ folder (nor model/): the run is unfinished or failed")
-    tokenizer = run / "tokenizer" if (run / "tokenizer").is_dir() else (adapter or model)
-    return RunFolder(run, OmegaConf.load(run / "config.yaml"), adapter, model, tokenizer)
+        raise UserError(f"{run.path} has no {RunDir.ADAPTER}/ folder (nor {RunDir.MODEL}/): the run is unfinished "
+                        "or failed")
+    tokenizer = run.tokenizer if run.tokenizer.is_dir() else (adapter or model)
+    return RunFolder(run.path, run.read_config(), adapter, model, tokenizer)
 
 
 def check_adapter(path: Union[str, Path]) -> None:

@@ -19,7 +19,7 @@ from llama2ft.core.errors import UserError
 from llama2ft.core.files import is_hub_id
 from llama2ft.inference.sampling import Sampling
 from llama2ft.model.rope import apply_rope_scaling
-from llama2ft.model.run_folder import check_adapter, read_run, tokenizer_source
+from llama2ft.model.run_folder import RunDir, check_adapter, read_run, tokenizer_source
 from llama2ft.publishing.safetensors_stream import (TensorInfo, plan_shards, read_tensor, shard_names, tensor_nbytes,
                                                     write_shard)
 
@@ -56,9 +56,10 @@ def inputs_from_run(path: Path) -> Inputs:
     """Base, adapter, tokenizer and template of a finished training run."""
     run = read_run(path)
     if run.adapter is None:
-        raise UserError(f"{run.path} has no adapter/ folder: the run is a full fine-tune (model/), nothing to merge")
+        raise UserError(f"{run.path} has no {RunDir.ADAPTER}/ folder: the run is a full fine-tune ({RunDir.MODEL}/), "
+                        "nothing to merge")
     check_adapter_dir(run.adapter)
-    base = run.path / "base_model" if run.tiny else resolve_base(run.base, run.cfg.model.get("revision"))
+    base = run.dir.base_model if run.tiny else resolve_base(run.base, run.cfg.model.get("revision"))
     return Inputs(base, [run.adapter], run.tokenizer, run.path, run.cfg, run.template, run.system, run.tiny,
                   run.rope_scaling)
 

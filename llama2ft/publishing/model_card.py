@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from llama2ft.model.run_folder import RunDir
+
 TAGS = ["llama2", "lora", "llama2ft", "chinese"]
 # Licenses of the base models the presets name; anything else is left out rather than guessed.
 KNOWN_LICENSES = {"meta-llama/": "llama2", "FlagAlpha/": "llama2"}
@@ -46,6 +48,7 @@ def _training_section(cfg: Any) -> list[str]:
     lora, tr, data = cfg.lora, cfg.trainer, cfg.data
     rows = [
         ("base model", cfg.model.name_or_path or "embedded tiny random-init Llama"),
+        ("method", (cfg.get("method") or {}).get("name", "sft")),
         ("LoRA", f"r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}"),
         ("target modules", ", ".join(lora.target_modules)),
         ("modules to save", ", ".join(lora.modules_to_save) or "none"),
@@ -61,10 +64,9 @@ def _training_section(cfg: Any) -> list[str]:
     return ["| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
 
 
-def _json_section(path: Optional[Path], title: str) -> list[str]:
-    if path is None or not path.is_file():
+def _json_section(data: dict, title: str) -> list[str]:
+    if not data:
         return [f"No {title} recorded.", ""]
-    data = json.loads(path.read_text(encoding="utf-8"))
     flat = {k: v for k, v in data.items() if not isinstance(v, dict)}
     rows = [f"| {k} | {round(v, 4) if isinstance(v, float) else v} |" for k, v in flat.items()]
     nested = [f"| {k}.{kk} | {vv} |" for k, v in data.items() if isinstance(v, dict) for kk, vv in v.items()]
@@ -105,10 +107,10 @@ def render_card(info: CardInfo) -> str:
         *_training_section(info.run_cfg),
         "## Data statistics",
         "",
-        *_json_section(run / "data_stats.json" if run else None, "data statistics"),
+        *_json_section(RunDir(run).read_stats() if run else {}, "data statistics"),
         "## Final metrics",
         "",
-        *_json_section(run / "metrics.json" if run else None, "metrics"),
+        *_json_section(RunDir(run).read_metrics() if run else {}, "metrics"),
         "## Prompt template",
         "",
         f"Template `{info.template}`" + (f" with system prompt: {info.system}" if info.system else "") + ". "

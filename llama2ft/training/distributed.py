@@ -39,6 +39,12 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def say(msg: str) -> None:
+    """Print once for the whole run (on the main process)."""
+    if is_main_process():
+        print(msg, flush=True)
+
+
 def _init_process_group() -> None:
     if dist.is_initialized():
         return

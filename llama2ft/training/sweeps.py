@@ -3,7 +3,6 @@ already completed a run with the same config (so that rerunning a sweep skips it
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Any, Optional
@@ -11,30 +10,30 @@ from typing import Any, Optional
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from llama2ft.model.run_folder import RunDir
+
 COLUMNS = ["run", "status", "overrides", "train_loss", "eval_loss", "exact_match_after", "trained_tokens",
            "runtime_s"]
-FAILED_MARK = "FAILED"  # a file holding the error message of a run that stopped on bad input
+HYDRA_DIR = ".hydra"  # Hydra's own record of a job (its overrides), beside the run's files
 
 
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def run_row(run: Path) -> dict[str, Any]:
+def run_row(path: Path) -> dict[str, Any]:
     """The summary row of one run folder."""
-    overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text(encoding="utf-8")) \
-        if (run / ".hydra" / "overrides.yaml").is_file() else []
-    metrics, stats = _json(run / "metrics.json"), _json(run / "data_stats.json")
+    run = RunDir(path)
+    overrides_file = run / HYDRA_DIR / "overrides.yaml"
+    overrides = yaml.safe_load(overrides_file.read_text(encoding="utf-8")) if overrides_file.is_file() else []
+    metrics, stats = run.read_metrics(), run.read_stats()
+    failure = run.failure()
     if metrics:
         status = "completed"
-    elif (run / FAILED_MARK).is_file():
-        status = "failed: " + (run / FAILED_MARK).read_text(encoding="utf-8").strip().splitlines()[0][:120]
+    elif failure is not None:
+        status = "failed: " + (failure.splitlines() or [""])[0][:120]
     else:
         status = "unfinished"
     trained = None
-    if metrics and stats:  # trained tokens per epoch x epochs run
+    if metrics and "trained_tokens" in stats:  # trained tokens per epoch x epochs run (SFT rows)
         trained = round(stats["trained_tokens"] * float(metrics.get("epoch", 0)))
-    return {"run": run.name, "status": status, "overrides": " ".join(overrides or []),
+    return {"run": path.name, "status": status, "overrides": " ".join(overrides or []),
             "train_loss": metrics.get("train_loss"), "eval_loss": metrics.get("eval_loss"),
             "exact_match_after": metrics.get("exact_match_after"), "trained_tokens": trained,
             "runtime_s": metrics.get("train_runtime")}
@@ -42,7 +41,7 @@ def run_row(run: Path) -> dict[str, Any]:
 
 def collect(sweep_dir: Path, objective: str = "eval_loss") -> list[dict[str, Any]]:
     """Rows of every run folder under `sweep_dir`: completed runs first, best (lowest objective) first."""
-    runs = [p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()]
+    runs = [p for p in sweep_dir.iterdir() if p.is_dir() and (p / HYDRA_DIR).is_dir()]
     rows = [run_row(p) for p in runs]
 
     def key(row: dict) -> tuple:
@@ -75,9 +74,9 @@ def write(sweep_dir: Path, objective: str = "eval_loss") -> list[dict[str, Any]]
 
 def finished_run(cfg: DictConfig, out_dir: Path) -> Optional[dict]:
     """The metrics of a run this sweep already completed with the same resolved config, else None."""
-    saved = out_dir / "config.yaml"
-    if not (out_dir / "metrics.json").is_file() or not saved.is_file():
+    run = RunDir(out_dir)
+    if not run.is_finished():
         return None
-    if OmegaConf.to_container(OmegaConf.load(saved)) != OmegaConf.to_container(cfg, resolve=True):
+    if OmegaConf.to_container(run.read_config()) != OmegaConf.to_container(cfg, resolve=True):
         return None
-    return json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
+    return run.read_metrics()

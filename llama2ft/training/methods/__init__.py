@@ -1,0 +1,46 @@
+"""The training methods, one file each, and the registry `llama2ft-train` picks from by `method.name`.
+
+Adding a method: a file here with its settings dataclass and its `Method` subclass (training/method.py),
+a line in METHODS, and configs/method/<name>.yaml (its data group and what it changes; see docs/architecture.md).
+"""
+from __future__ import annotations
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from llama2ft.training.method import Method
+from llama2ft.training.methods.dpo import DPO
+from llama2ft.training.methods.kto import KTO
+from llama2ft.training.methods.orpo import ORPO
+from llama2ft.training.methods.sft import SFT
+from llama2ft.training.methods.simpo import SimPO
+from llama2ft.training.start import start_problems
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SFT, DPO, ORPO, SimPO, KTO)}
+
+
+def get_method(name: str) -> Method:
+    """The method named `name`; ValueError for an unknown name (config validation says it first)."""
+    if name not in METHODS:
+        raise ValueError(f"method.name={name!r}: must be one of {', '.join(METHODS)}")
+    return METHODS[name]()
+
+
+def method_problems(cfg: DictConfig) -> list[str]:
+    """The problems of the method settings and of the start (`init_from`), for the config checks."""
+    name = cfg.method.name
+    if name not in METHODS:
+        return [f"method.name={name!r}: must be one of {', '.join(METHODS)} (choose it with method=NAME)"]
+    method = METHODS[name]
+    if OmegaConf.get_type(cfg.method) is not method.Settings:
+        return [f"method.name={name!r}: choose a method with its config group (method={name}), which brings its "
+                "settings"]
+    return method().problems(cfg) + start_problems(cfg)
+
+
+def register_schemas() -> None:
+    """Each method's settings as `method_schema/<name>`: configs/train.yaml puts the chosen method's
+    there (`method_schema@method: ${method}`), before the presets that change them."""
+    store = ConfigStore.instance()
+    for name, method in METHODS.items():
+        store.store(group="method_schema", name=name, node=method.Settings)
