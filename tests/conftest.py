@@ -180,7 +180,7 @@ def learned_run(tmp_path_factory) -> TrainedRun:
     if reuse:
         return TrainedRun(Path(reuse), "exact match after training (reused run)")
     run = tmp_path_factory.mktemp("learned") / "run"
-    res = run_cli("train", "trainer.max_steps=400", "trainer.eval_steps=200", "trainer.save_steps=400",
+    res = run_app("train", "trainer.max_steps=400", "trainer.eval_steps=200", "trainer.save_steps=400",
                   f"hydra.run.dir={run}")
     assert res.returncode == 0, res.stderr[-3000:]
     return TrainedRun(run, res.stdout)

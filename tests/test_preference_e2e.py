@@ -1,24 +1,33 @@
-"""Preference tuning end to end on the embedded model: DPO from an SFT run raises held-out preference
-accuracy, its run folder merges to exactly base + adapter and chats, and the 2-process and nf4/ORPO paths run."""
+"""Preference tuning end to end on the embedded model: DPO, SimPO and KTO from an SFT run raise their
+held-out figures, a DPO run merges to exactly base + adapter and chats, every method reports the same
+run metrics and resumes alike, and the 2-process, nf4 and merged-folder paths run."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import compose, run_app, run_cli
 from llama2ft import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
+# what every run's metrics.json holds, whatever its method (the skeleton writes them)
+RUN_METRICS = {"train_loss", "eval_loss", "wall_seconds", "trainable_parameters", "steps_this_run", "quantized_layers",
+               "method", "attention", "kernels", "torch_compile", "gradient_checkpointing"}
 
 
-def train(run: Path, *overrides: str, launcher: list[str] | None = None):
-    res = run_cli("train", *overrides, f"hydra.run.dir={run}", launcher=launcher)
+def train(run: Path, *overrides: str):
+    res = run_app("train", *overrides, f"hydra.run.dir={run}")
     assert res.returncode == 0, res.stderr[-3000:]
     return res
+
+
+def metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +40,20 @@ def dpo_run(learned_run, tmp_path_factory):
 
 def test_dpo_from_an_sft_run_raises_heldout_preference_accuracy(dpo_run, learned_run):
     run, stdout = dpo_run
-    m = json.loads((run / "metrics.json").read_text())
+    m = metrics(run)
     # The SFT model reads every 2 as 二; the pairs prefer 两 before 百/千 and 二 elsewhere.
     assert m["preference_accuracy_before"] == 0  # policy == reference: no pair is preferred yet
     assert m["likelihood_accuracy_before"] < 0.6
     assert m["preference_accuracy_after"] >= 0.8 and m["likelihood_accuracy_after"] >= 0.9
     assert m["chosen_match_after"] > m["chosen_match_before"]  # greedy answers now say 两千 where they should
     assert m["rewards/margins"] > 0 and m["rewards/chosen"] > m["rewards/rejected"]
+    assert RUN_METRICS <= set(m) and m["method"] == "dpo"
     assert "preference accuracy before training" in stdout and "preference accuracy after training" in stdout
+    assert "chosen match after training" in stdout  # the greedy answers shown as for SFT
     stats = json.loads((run / "data_stats.json").read_text())
-    assert stats["train"]["pairs"] == 800 and stats["eval"]["pairs"] == 60 and stats["train"]["truncated_pairs"] == 0
+    assert stats["pairs"] == 800 and stats["eval"]["pairs"] == 60 and stats["truncated_pairs"] == 0
+    preview = [json.loads(line) for line in (run / "preview.jsonl").read_text().splitlines()]
+    assert preview and {"input_ids", "labels", "rejected_ids"} <= set(preview[0])
     cfg = (run / "config.yaml").read_text()
     assert f"init_from: {learned_run.path}" in cfg and (run / "loss.png").stat().st_size > 1000
     # the SFT adapter kept training: same modules, other values
@@ -51,10 +64,29 @@ def test_dpo_from_an_sft_run_raises_heldout_preference_accuracy(dpo_run, learned
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.parametrize("method", ["simpo", "kto"])
+def test_simpo_and_kto_from_an_sft_run(learned_run, tmp_path, method):
+    """The two methods added as plug-ins, with the tiny preset's recipes: SimPO without any reference,
+    KTO on the pairs split into desirable and undesirable completions."""
+    run = tmp_path / method
+    res = train(run, f"method={method}", f"init_from={learned_run.path}", "sample_eval.show=1")
+    m = metrics(run)
+    assert RUN_METRICS <= set(m) and m["method"] == method
+    assert m["chosen_match_after"] >= m["chosen_match_before"]  # greedy answers did not degrade
+    if method == "simpo":
+        assert m["preference_accuracy_after"] >= 0.8 > m["preference_accuracy_before"]
+        assert "reference log-probs" not in res.stdout  # reference-free
+    else:
+        assert m["reward_accuracy_before"] == 0 and m["reward_accuracy_after"] >= 0.7
+        stats = json.loads((run / "data_stats.json").read_text())
+        assert stats["desirable"] == stats["undesirable"] == 800 and "kl" in m
+    assert m["rewards/margins"] > 0
+
+
 @pytest.fixture(scope="module")
 def merged_dpo(dpo_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("merged") / "m"
-    res = run_cli("merge", f"run={dpo_run[0]}", f"output={out}")
+    res = run_app("merge", f"run={dpo_run[0]}", f"output={out}")
     assert res.returncode == 0, res.stderr[-3000:]
     return out
 
@@ -70,7 +102,7 @@ def test_dpo_run_merges_to_base_plus_adapter_and_chats(dpo_run, merged_dpo):
         ref = PeftModel.from_pretrained(base, str(run / "adapter")).eval()(input_ids=ids).logits
         got = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()(input_ids=ids).logits
     assert float((ref - got).abs().max()) < 1e-4
-    res = run_cli("chat", f"run={run}", "prompt=请用中文写出数字 2345。", "max_new_tokens=16")
+    res = run_app("chat", f"run={run}", "prompt=请用中文写出数字 2345。", "max_new_tokens=16")
     assert res.returncode == 0, res.stderr[-3000:]
     assert any(ch in res.stdout for ch in "两千百十")  # served through the run's template: a Chinese reading
 
@@ -85,13 +117,28 @@ def test_orpo_from_a_merged_folder(merged_dpo, tmp_path):
     assert (run / "adapter" / "adapter_config.json").exists() and not (run / "base_model").exists()
 
 
+def test_a_preference_run_resumes_and_says_so(learned_run, tmp_path):
+    """The skeleton's checkpoint and resume, for a method with a reference: an interrupted run continues
+    from its last checkpoint and counts only the steps it ran."""
+    run = tmp_path / "run"
+    common = ["method=dpo", f"init_from={learned_run.path}", "trainer.max_steps=4", "trainer.save_steps=2",
+              "trainer.eval_steps=4", "trainer.save_total_limit=null", "sample_eval.enabled=false"]
+    train(run, *common)
+    for part in ("adapter", "metrics.json", "checkpoints/checkpoint-4"):  # as if stopped after step 2
+        shutil.rmtree(run / part) if (run / part).is_dir() else (run / part).unlink()
+    res = train(run, *common, "trainer.resume=true")
+    assert f"resuming from {run / 'checkpoints' / 'checkpoint-2'}" in res.stdout
+    assert metrics(run)["steps_this_run"] == 2
+
+
 def test_two_process_dpo_run(learned_run, tmp_path):
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                   str(PROJECT_ROOT / "configs" / "accelerate" / "ddp.yaml")]
     run = tmp_path / "run"
-    train(run, "method=dpo", f"init_from={learned_run.path}", "trainer.max_steps=4", "trainer.eval_steps=4",
-          "trainer.per_device_train_batch_size=8", launcher=accelerate)
-    m = json.loads((run / "metrics.json").read_text())
+    res = run_cli("train", "method=dpo", f"init_from={learned_run.path}", "trainer.max_steps=4", "trainer.eval_steps=4",
+                  "trainer.per_device_train_batch_size=8", f"hydra.run.dir={run}", launcher=accelerate)
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = metrics(run)
     assert m["epoch"] == pytest.approx(4 * 8 * 2 / 800, rel=0.02)  # 2 processes: twice the pairs of one
     assert "rewards/margins" in m and (run / "adapter" / "adapter_model.safetensors").exists()
 
@@ -100,7 +147,7 @@ def test_orpo_on_a_quantized_base(learned_run, tmp_path):
     run = tmp_path / "run"
     res = train(run, "method=orpo", "quant=nf4", f"init_from={learned_run.path}", "trainer.max_steps=4",
                 "trainer.eval_steps=4", "sample_eval.show=0")
-    m = json.loads((run / "metrics.json").read_text())
+    m = metrics(run)
     assert m["method"] == "orpo" and m["quantized_layers"] and "eval_nll_loss" in m
     assert "preference accuracy after training" in res.stdout
 
@@ -108,13 +155,16 @@ def test_orpo_on_a_quantized_base(learned_run, tmp_path):
 def test_method_dpo_alone_starts_from_the_embedded_sft_model(learned_run, tmp_path):
     """`llama2ft-train method=dpo` makes the default SFT run beside its own folder once and then reuses it
     (here the session's SFT run stands in for it, to skip the 800 SFT steps)."""
-    import shutil
+    from omegaconf import OmegaConf
 
-    from conftest import compose
-    from llama2ft.training.preference_start import sft_folder
+    from llama2ft.training.methods.sft import SftSettings
+    from llama2ft.training.start import embedded_sft_config, embedded_start_folder
 
-    folder = sft_folder(compose([]), tmp_path / "run")
+    overrides = ["method=dpo", "trainer.max_steps=2", "trainer.eval_steps=2", "sample_eval.show=1"]
+    sft_cfg = embedded_sft_config(compose(overrides), OmegaConf.structured(SftSettings))
+    folder = embedded_start_folder(sft_cfg, tmp_path / "run")
     shutil.copytree(learned_run.path, folder)
-    res = train(tmp_path / "run", "method=dpo", "trainer.max_steps=2", "trainer.eval_steps=2", "sample_eval.show=1")
+    res = train(tmp_path / "run", *overrides)
     assert f"starting from the embedded SFT model {folder}" in res.stdout
     assert f"init_from: {folder}" in (tmp_path / "run" / "config.yaml").read_text()
+

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import run_cli
+from conftest import run_app, run_cli
 from llama2ft import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
@@ -33,10 +33,18 @@ def assert_same_adapter(a: Path, b: Path, atol: float = 0.0) -> None:
         assert torch.allclose(ta[key], tb[key], atol=atol, rtol=0), key
 
 
-def train(run: Path, *overrides: str, **kwargs) -> subprocess.CompletedProcess:
-    res = run_cli("train", *overrides, f"hydra.run.dir={run}", **kwargs)
+def train(run: Path, *overrides: str, **kwargs):
+    res = run_app("train", *overrides, f"hydra.run.dir={run}", **kwargs)
     assert res.returncode == 0, res.stderr[-3000:]
     return res
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    """One `experiment=tiny_smoke` run, shared by the tests that only read it."""
+    run = tmp_path_factory.mktemp("smoke") / "run"
+    train(run, *SMOKE)
+    return run
 
 
 def test_default_run_learns(learned_run):
@@ -53,12 +61,11 @@ def test_default_run_learns(learned_run):
     assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_adapter_loads_with_stock_peft(tmp_path):
+def test_adapter_loads_with_stock_peft(smoke_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    run = tmp_path / "run"
-    train(run, *SMOKE)
+    run = smoke_run
     config = json.loads((run / "adapter" / "adapter_config.json").read_text())
     base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
     model = PeftModel.from_pretrained(base, run / "adapter")
@@ -67,13 +74,12 @@ def test_adapter_loads_with_stock_peft(tmp_path):
     assert out.logits.shape[-1] >= len(tok)
 
 
-def test_same_seed_same_adapter(tmp_path):
-    train(tmp_path / "a", *SMOKE)
+def test_same_seed_same_adapter(smoke_run, tmp_path):
     train(tmp_path / "b", *SMOKE)
-    assert_same_adapter(tmp_path / "a", tmp_path / "b")
+    assert_same_adapter(smoke_run, tmp_path / "b")
     train(tmp_path / "c", *SMOKE, "trainer.seed=7")
     with pytest.raises(AssertionError):
-        assert_same_adapter(tmp_path / "a", tmp_path / "c")
+        assert_same_adapter(smoke_run, tmp_path / "c")
 
 
 @pytest.mark.parametrize("quant", ["nf4", "int8"])
@@ -98,11 +104,10 @@ def test_full_fine_tuning_saves_a_model(tmp_path):
     assert model.config.hidden_size == 128
 
 
-def test_refuses_to_overwrite_a_finished_run(tmp_path):
-    run = tmp_path / "run"
-    train(run, *SMOKE)
+def test_refuses_to_overwrite_a_finished_run(smoke_run):
+    run = smoke_run
     before = (run / "adapter" / "adapter_model.safetensors").read_bytes()
-    res = run_cli("train", *SMOKE, f"hydra.run.dir={run}")
+    res = run_app("train", *SMOKE, f"hydra.run.dir={run}")
     assert res.returncode == 2 and "already holds a finished run" in res.stderr
     assert "Traceback" not in res.stderr
     assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == before
@@ -125,7 +130,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
     proc.wait()
     assert ckpt.exists() and not (run / "adapter").exists(), "the run finished before it could be killed"
 
-    res = run_cli("train", *common, f"hydra.run.dir={run}")  # without resume: refuses to start over
+    res = run_app("train", *common, f"hydra.run.dir={run}")  # without resume: refuses to start over
     assert res.returncode == 2 and "trainer.resume=true" in res.stderr
     perturbed = tmp_path / "perturbed"
     shutil.copytree(run, perturbed)
@@ -164,7 +169,7 @@ def test_fsdp_and_deepspeed_without_a_gpu_say_so(tmp_path, backend):
     """Tried on 2 CPU processes with configs/accelerate/fsdp.yaml: accelerate stops inside the Trainer with
     "There are currently no available devices found, must be one of 'XPU', 'CUDA', ...". llama2ft says it
     first, in one line, before anything loads."""
-    res = run_cli("train", *SMOKE, f"hydra.run.dir={tmp_path}/run", env={f"ACCELERATE_USE_{backend}": "true"})
+    res = run_app("train", *SMOKE, f"hydra.run.dir={tmp_path}/run", env={f"ACCELERATE_USE_{backend}": "true"})
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "needs GPUs" in res.stderr and "configs/accelerate/ddp.yaml" in res.stderr
     assert not (tmp_path / "run" / "base_model").exists()
