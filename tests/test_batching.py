@@ -13,7 +13,8 @@ import torch
 from llama2ft.data.dialogue import Turn
 from llama2ft.data.templates import get_template
 from llama2ft.inference.decoding import scores
-from llama2ft.inference.engine import ChatModel, QueueFull
+from llama2ft.inference.engine import ChatModel
+from llama2ft.inference.request import QueueFull
 from llama2ft.inference.sampling import Sampling
 
 QUESTIONS = ["你好", "数字 680 的中文读法是什么？", "请介绍一下你自己，并用中文写一首关于春天的短诗。", "1+1=?",

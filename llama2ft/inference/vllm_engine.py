@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from llama2ft.core.errors import UserError
-from llama2ft.inference.engine import ChatModel, Generation, QueueFull, RequestEnded
+from llama2ft.inference.engine import ChatModel
+from llama2ft.inference.request import Generation, QueueFull, RequestEnded
 from llama2ft.inference.sampling import Sampling
 
 ENGINES = ("transformers", "vllm")

@@ -21,7 +21,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 
 from llama2ft.core.errors import UserError
-from llama2ft.inference.engine import ChatModel, Generation, QueueFull
+from llama2ft.inference.engine import ChatModel
+from llama2ft.inference.request import Generation, QueueFull
 from llama2ft.inference.messages import message_text, to_turns
 from llama2ft.inference.sampling import Sampling
 from llama2ft.serving.api_models import ChatRequest, Common, CompletionRequest, error_response
