@@ -193,7 +193,7 @@ def test_token_scores_match_transformers_logits_processors(samp):
 @pytest.mark.slow
 def test_the_trained_embedded_model_answers_the_same_in_a_batch(learned_run):
     """The embedded model after training (the default recipe), loaded as llama2ft-eval loads it."""
-    from llama2ft.inference.loader import ModelSpec
+    from llama2ft.inference.model_choice import ModelSpec
     from llama2ft.inference.settings import load
 
     conversations = [[Turn("human", f"数字 {n} 的中文读法是什么？")] for n in (7, 42, 680, 1999, 30, 512)]

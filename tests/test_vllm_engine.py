@@ -16,21 +16,27 @@ from llama2ft import PROJECT_ROOT
 from llama2ft.core.errors import UserError
 from llama2ft.data.dialogue import Turn
 from llama2ft.data.templates import encode_prompt, get_template
+from llama2ft.inference.model_choice import ModelSource, Resolved
 from llama2ft.inference.sampling import Sampling
 from llama2ft.inference.vllm_engine import (VllmChatModel, engine_args, lora_request_args, require_vllm,
                                             sampling_args, token_prompt)
 
 
+def resolved(base: str, tokenizer: str, adapter: str | None) -> Resolved:
+    return Resolved(base, adapter, tokenizer, "human_assistant", None, "none", "m")
+
+
 def test_merged_folder_and_base_with_adapter_arguments(tmp_path):
-    merged = engine_args("/m/merged", "/m/merged", None, max_batch=16, dtype="bfloat16")
+    merged = engine_args(resolved("/m/merged", "/m/merged", None), ModelSource(dtype="bfloat16"), max_batch=16)
     assert merged["model"] == "/m/merged" and merged["max_num_seqs"] == 16 and merged["dtype"] == "bfloat16"
     assert "enable_lora" not in merged
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 16, "lora_alpha": 32}), encoding="utf-8")
-    lora = engine_args("/m/base", "/run/tokenizer", str(adapter), max_batch=8)
+    lora = engine_args(resolved("/m/base", "/run/tokenizer", str(adapter)), ModelSource(revision="r1"), max_batch=8)
     assert lora["model"] == "/m/base" and lora["tokenizer"] == "/run/tokenizer"  # the run's tokenizer, not the base's
     assert lora["enable_lora"] is True and lora["max_lora_rank"] == 16
+    assert lora["revision"] == "r1" and lora["dtype"] == "auto" and "revision" not in merged
     req = lora_request_args(str(adapter))
     assert req["lora_path"] == str(adapter.resolve()) and req["lora_int_id"] >= 1
 
