@@ -5,14 +5,13 @@ cancellation). Never run against a real vLLM here."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 import types
 
 import pytest
 
-from llama2ft import PROJECT_ROOT
+from conftest import run_app
 from llama2ft.core.errors import UserError
 from llama2ft.data.dialogue import Turn
 from llama2ft.data.templates import encode_prompt, get_template
@@ -71,8 +70,7 @@ def test_missing_vllm_or_gpu_is_one_clear_error(monkeypatch):
 def test_serve_and_eval_refuse_engine_vllm_here_before_loading(tmp_path):
     for module, args in (("serve", ["model.name_or_path=/nowhere", "max_batch=0"]),
                          ("eval", ["models=[/nowhere]", f"output={tmp_path}/e"])):
-        res = subprocess.run([sys.executable, "-m", f"llama2ft.{module}", "engine=vllm", *args], capture_output=True,
-                             text=True, cwd=str(PROJECT_ROOT), timeout=120)
+        res = run_app(module, "engine=vllm", *args)
         assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
         assert "engine=vllm needs the vllm package" in res.stderr  # vllm is not installed here
         assert ("max_batch=0: must be >= 1" in res.stderr) == (module == "serve")  # collected with the others
