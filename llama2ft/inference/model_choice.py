@@ -79,7 +79,7 @@ class ModelSpec(ModelChoice):
         if self.quant is not None and self.quant not in QUANT_MODES:
             p.append(f"{prefix}quant={self.quant!r}: must be one of {', '.join(QUANT_MODES)}")
         if self.model.dtype not in DTYPE_CHOICES:
-            p.append(f"{prefix}dtype={self.model.dtype!r}: must be one of {', '.join(DTYPE_CHOICES)}")
+            p.append(f"{prefix}model.dtype={self.model.dtype!r}: must be one of {', '.join(DTYPE_CHOICES)}")
         if self.device not in DEVICES:
             p.append(f"{prefix}device={self.device!r}: must be one of {', '.join(DEVICES)}")
         if self.cpu_linear not in CPU_LINEAR:
