@@ -10,6 +10,7 @@ Answers go to OUTPUT/answers.jsonl as they are made; running again with the same
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -20,8 +21,9 @@ from llama2ft.core.errors import ConfigError
 from llama2ft.data.templates import TEMPLATE_NAMES
 from llama2ft.evaluation.questions import COMMUNITY_SYSTEM_PROMPT
 from llama2ft.evaluation.runner import answer_questions, model_specs, question_set, score_loss
-from llama2ft.inference.loader import ModelSpec
-from llama2ft.inference.settings import engine_problems, sampling
+from llama2ft.inference.model_choice import ModelSpec
+from llama2ft.inference.sampling import Sampling
+from llama2ft.inference.settings import engine_problems
 
 
 def run_eval(cfg: DictConfig) -> dict:
@@ -45,7 +47,7 @@ def run_eval(cfg: DictConfig) -> dict:
     if cfg.questions is not None and not Path(cfg.questions).is_file():
         problems.append(f"questions={cfg.questions!r}: file not found")
     specs, model_problems = model_specs(list(cfg.models), _base_spec(cfg, template))
-    samp = sampling(cfg)
+    samp = Sampling.of(cfg)
     problems += model_problems + samp.problems()
     if problems:
         raise ConfigError(problems)
@@ -58,11 +60,12 @@ def run_eval(cfg: DictConfig) -> dict:
 
 
 def _base_spec(cfg: DictConfig, template: str) -> ModelSpec:
+    """The model keys every `models` entry starts from: the config's, with prompt_template= as the template
+    and the community's system prompt for its llama2_inst evaluation."""
     system: Optional[str] = cfg.system
     if system is None and template == "llama2_inst" and cfg.task == "generate":
         system = COMMUNITY_SYSTEM_PROMPT
-    return ModelSpec(template=None if template == "model" else template, system=system, device=cfg.device,
-                     cpu_linear=cfg.cpu_linear, dtype=cfg.model.dtype, tokenizer=cfg.model.tokenizer)
+    return replace(ModelSpec.from_config(cfg), template=None if template == "model" else template, system=system)
 
 
 main = hydra_command("eval", run_eval, text_keys=TEXT_KEYS)

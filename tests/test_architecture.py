@@ -44,8 +44,9 @@ def unit_of(module: str, root: Path) -> str | None:
 
 
 def imported_modules(path: Path, root: Path) -> list[tuple[int, str]]:
-    """(line, module) of every import in a file, lazy imports inside functions included; `from
-    llama2ft import x` counts as importing llama2ft.x when x is a module of ours."""
+    """(line, module) of every import in a file, lazy imports inside functions and those under `if
+    TYPE_CHECKING:` included; `from llama2ft.pkg import x` counts as importing llama2ft.pkg.x when x is
+    a module of ours."""
     package = ".".join(("llama2ft", *path.relative_to(root).with_suffix("").parts[:-1]))
     out = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -58,9 +59,20 @@ def imported_modules(path: Path, root: Path) -> list[tuple[int, str]]:
                 base = ".".join([*anchor, *([base] if base else [])])
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
-                is_module = base == "llama2ft" and ((root / f"{alias.name}.py").is_file() or (root / alias.name).is_dir())
-                out.append((node.lineno, sub if is_module else base))
+                out.append((node.lineno, sub if module_file(sub, root) is not None else base))
     return out
+
+
+def module_file(module: str, root: Path) -> Path | None:
+    """The file of a dotted module name of the package at `root` (a package: its __init__.py), or None."""
+    parts = module.split(".")
+    if parts[0] != "llama2ft":
+        return None
+    path = root.joinpath(*parts[1:])
+    for candidate in (path.with_suffix(".py") if len(parts) > 1 else None, path / "__init__.py"):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
 
 
 def violations(root: Path) -> list[str]:
@@ -83,6 +95,76 @@ def violations(root: Path) -> list[str]:
     return found
 
 
+def import_graph(root: Path) -> dict[str, dict[str, int]]:
+    """Each file of the package at `root` (relative path) -> the files of ours it imports, with the line
+    of the first such import. Every import `imported_modules` sees counts, those under `if TYPE_CHECKING:`
+    too: a circle only the type checker walks is still two modules that need each other (a design smell
+    either way), and counting it keeps the rule one plain statement with no exception to argue about."""
+    graph: dict[str, dict[str, int]] = {}
+    for path in sorted(root.rglob("*.py")):
+        edges = graph.setdefault(str(path.relative_to(root)), {})
+        for line, module in imported_modules(path, root):
+            target = module_file(module, root)
+            if target is not None:
+                edges.setdefault(str(target.relative_to(root)), line)
+    return graph
+
+
+def _strongly_connected(graph: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Each node -> the number of its strongly connected component (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    component: dict[str, int] = {}
+    stack: list[str] = []
+    for root_node in sorted(graph):
+        if root_node in index:
+            continue
+        work = [(root_node, iter(sorted(graph[root_node])))]
+        index[root_node] = low[root_node] = len(index)
+        stack.append(root_node)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is None:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    number = len(set(component.values()))
+                    while True:
+                        member = stack.pop()
+                        component[member] = number
+                        if member == node:
+                            break
+            elif child not in index:
+                index[child] = low[child] = len(index)
+                stack.append(child)
+                work.append((child, iter(sorted(graph.get(child, {})))))
+            elif child not in component:
+                low[node] = min(low[node], index[child])
+    return component
+
+
+def circles(root: Path) -> list[str]:
+    """Every import circle between modules of the package at `root` (inside one folder too), each as its
+    chain: `a.py:LINE -> b.py:LINE -> a.py` (LINE: where that module imports the next)."""
+    graph = import_graph(root)
+    component = _strongly_connected(graph)
+    found = []
+    for start in sorted(graph):
+        # simple paths back to `start` through later nodes of its component: each circle once, from its first module
+        todo = [[start]]
+        while todo:
+            path = todo.pop()
+            for nxt in sorted(graph[path[-1]], reverse=True):
+                if nxt == start:
+                    chain = [f"{a}:{graph[a][b]}" for a, b in zip(path, [*path[1:], start])]
+                    found.append(" -> ".join([*chain, start]))
+                elif nxt > start and nxt not in path and component[nxt] == component[start]:
+                    todo.append([*path, nxt])
+    return sorted(found)
+
+
 def test_the_package_follows_the_layer_rules():
     assert violations(PACKAGE) == []
 
@@ -101,6 +183,29 @@ def test_the_rules_catch_planted_violations(tmp_path):
     assert any("data/rows.py" in v and "layer data may not import layer training" in v for v in found)
     assert any("train.py" in v and "a command imports another command" in v for v in found)
     assert any("core/text.py" in v and "a layer imports a command" in v for v in found)
+
+
+def test_the_package_has_no_import_circles():
+    found = circles(PACKAGE)
+    assert not found, "import circles (each module imports the next):\n" + "\n".join(found)
+
+
+def test_the_circle_check_catches_planted_circles(tmp_path):
+    copy = tmp_path / "llama2ft"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    already = set(circles(copy))
+    plant = {  # three modules of one folder, the last one importing lazily, in `from package import module` form
+        "core/_a.py": "from llama2ft.core._b import B\n",
+        "core/_b.py": "B = 1\nimport llama2ft.core._c\n",
+        "core/_c.py": "def late():\n    from llama2ft.core import _a\n",
+        # two modules that only need each other for the type checker
+        "model/_d.py": "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from llama2ft.model._e import E\n",
+        "model/_e.py": "from llama2ft.model._d import TYPE_CHECKING\n",
+    }
+    for rel, text in plant.items():
+        (copy / rel).write_text(text, encoding="utf-8")
+    assert set(circles(copy)) - already == {"core/_a.py:1 -> core/_b.py:2 -> core/_c.py:2 -> core/_a.py",
+                                            "model/_d.py:4 -> model/_e.py:1 -> model/_d.py"}
 
 
 def test_the_top_level_holds_only_commands_and_layers():

@@ -13,7 +13,8 @@ import torch
 from llama2ft.data.dialogue import Turn
 from llama2ft.data.templates import get_template
 from llama2ft.inference.decoding import scores
-from llama2ft.inference.engine import ChatModel, QueueFull
+from llama2ft.inference.engine import ChatModel
+from llama2ft.inference.request import QueueFull
 from llama2ft.inference.sampling import Sampling
 
 QUESTIONS = ["你好", "数字 680 的中文读法是什么？", "请介绍一下你自己，并用中文写一首关于春天的短诗。", "1+1=?",
@@ -192,7 +193,7 @@ def test_token_scores_match_transformers_logits_processors(samp):
 @pytest.mark.slow
 def test_the_trained_embedded_model_answers_the_same_in_a_batch(learned_run):
     """The embedded model after training (the default recipe), loaded as llama2ft-eval loads it."""
-    from llama2ft.inference.loader import ModelSpec
+    from llama2ft.inference.model_choice import ModelSpec
     from llama2ft.inference.settings import load
 
     conversations = [[Turn("human", f"数字 {n} 的中文读法是什么？")] for n in (7, 42, 680, 1999, 30, 512)]

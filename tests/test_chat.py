@@ -1,31 +1,30 @@
 """llama2ft-chat on the trained tiny run: one-shot, interactive commands, a prompts file, bad input."""
 from __future__ import annotations
 
+import io
 import json
-import subprocess
+import sys
 
 import pytest
 
-from conftest import run_cli
-from llama2ft import PROJECT_ROOT
+from conftest import AppResult, run_app
 
 pytestmark = pytest.mark.slow
 # Questions from the training data with their answers: the 400-step run knows these.
 KNOWN = {"数字 680 的中文读法是什么？": "六百八十"}
 
 
-def chat(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    if stdin is None:
-        return run_cli("chat", *args, env={"OMP_NUM_THREADS": "1"})
-    import os
-    import sys
+def chat(*args: str, stdin: str = "") -> AppResult:
+    """llama2ft-chat in this process, reading `stdin` as its terminal input."""
+    terminal = sys.stdin
+    sys.stdin = io.StringIO(stdin)
+    try:
+        return run_app("chat", *args)
+    finally:
+        sys.stdin = terminal
 
-    return subprocess.run([sys.executable, "-m", "llama2ft.chat", *args], input=stdin, capture_output=True,
-                          text=True, timeout=300, cwd=str(PROJECT_ROOT),
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
 
-
-def assert_one_error(res: subprocess.CompletedProcess, *needles: str) -> None:
+def assert_one_error(res: AppResult, *needles: str) -> None:
     assert res.returncode == 2, (res.stdout[-2000:], res.stderr[-2000:])
     assert "Traceback" not in res.stderr
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
@@ -77,7 +76,7 @@ def test_prompts_file_to_jsonl(learned_run, tmp_path):
 
 def test_a_merged_folder_brings_its_template(learned_run, tmp_path):
     out = tmp_path / "merged"
-    res = run_cli("merge", f"run={learned_run.path}", f"output={out}", "verify=false", env={"OMP_NUM_THREADS": "1"})
+    res = run_app("merge", f"run={learned_run.path}", f"output={out}", "verify=false")
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((out / "llama2ft.json").read_text(encoding="utf-8"))["template"] == "human_assistant"
     res = chat(f"model.name_or_path={out}", "prompt='数字 680 的中文读法是什么？'", "temperature=0")

@@ -10,7 +10,8 @@ from torch import nn
 
 from llama2ft.core.errors import UserError
 from llama2ft.data.dialogue import Turn
-from llama2ft.inference.loader import ModelSpec, load_chat_model
+from llama2ft.inference.loader import load_chat_model
+from llama2ft.inference.model_choice import ModelSource, ModelSpec
 from llama2ft.model.cpu_linear import PackedLinear, onednn_works, pack_for_cpu, pack_linears
 from test_batching import QUESTIONS, batched, chat_on, greedy, solo_answers, tiny_model
 
@@ -85,8 +86,8 @@ def model_dir(tmp_path_factory, tokenizer):
 
 
 def test_the_loader_packs_on_auto_and_not_on_torch(model_dir):
-    packed = load_chat_model(ModelSpec(name_or_path=str(model_dir)))
-    plain = load_chat_model(ModelSpec(name_or_path=str(model_dir), cpu_linear="torch"))
+    packed = load_chat_model(ModelSpec(model=ModelSource(str(model_dir))))
+    plain = load_chat_model(ModelSpec(model=ModelSource(str(model_dir)), cpu_linear="torch"))
     assert linears(packed.model, PackedLinear) and not linears(packed.model, nn.Linear)
     assert linears(plain.model, nn.Linear) and not linears(plain.model, PackedLinear)
     ask = [Turn("human", "数字 680 的中文读法是什么？")]
@@ -100,8 +101,8 @@ def test_impossible_cpu_linear_values_fail_before_loading(model_dir, monkeypatch
 
     monkeypatch.setattr(loader, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(UserError, match=r"cpu_linear='fast': must be one of auto, onednn, torch"):
-        load_chat_model(ModelSpec(name_or_path=str(model_dir), cpu_linear="fast"))
+        load_chat_model(ModelSpec(model=ModelSource(str(model_dir)), cpu_linear="fast"))
     with pytest.raises(UserError, match="cpu_linear=onednn packs full-precision weights; quant=nf4"):
-        load_chat_model(ModelSpec(name_or_path=str(model_dir), cpu_linear="onednn", quant="nf4"))
+        load_chat_model(ModelSpec(model=ModelSource(str(model_dir)), cpu_linear="onednn", quant="nf4"))
     with pytest.raises(UserError, match="cpu_linear=onednn is for CPU inference; this model loads on cuda"):
         loader._check_onednn("cuda", torch.float32, "none")

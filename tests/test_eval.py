@@ -3,26 +3,25 @@ Chinese more often than the untrained base; reports, charts, resuming, task=loss
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
-from conftest import run_cli
+from conftest import AppResult, run_app
 from llama2ft import PROJECT_ROOT
 
 
 DEV = PROJECT_ROOT / "data" / "sample" / "dev.csv"
 
 
-def evaluate(*args: str) -> subprocess.CompletedProcess:
-    return run_cli("eval", *args, env={"OMP_NUM_THREADS": "1"})
+def evaluate(*args: str) -> AppResult:
+    return run_app("eval", *args)
 
 
 def both_models(run) -> str:
     return f"models=[{{name:base,path:{run / 'base_model'}}},{{name:tuned,run:{run}}}]"
 
 
-def assert_one_error(res: subprocess.CompletedProcess, *needles: str) -> None:
+def assert_one_error(res: AppResult, *needles: str) -> None:
     assert res.returncode == 2, (res.stdout[-2000:], res.stderr[-2000:])
     assert "Traceback" not in res.stderr
     assert len([line for line in res.stderr.splitlines() if line.startswith("error:")]) == 1, res.stderr

@@ -100,7 +100,7 @@ def test_web_and_api_feed_the_same_tokens_as_chat(tmp_path, tokenizer, template,
     chat = scripted_chat(tokenizer, template, system=system)
     history = [{"role": "user", "content": CONVERSATION[0].text},
                {"role": "assistant", "content": [{"type": "text", "text": CONVERSATION[1].text}]}]
-    answers = list(respond(chat, CONVERSATION[2].text, history, system or "", 0.0, 0.95, 50, 1.3, 32))
+    answers = list(respond(chat, Sampling(), CONVERSATION[2].text, history, system or "", 0.0, 0.95, 50, 1.3, 32))
     assert answers[-1] == ANSWER
     assert chat.model.prompts[-1] == expected
 
@@ -112,6 +112,19 @@ def test_web_and_api_feed_the_same_tokens_as_chat(tmp_path, tokenizer, template,
     assert res.status_code == 200, res.text
     assert res.json()["choices"][0]["message"]["content"] == ANSWER
     assert chat.model.prompts[-1] == expected
+
+
+def test_the_web_controls_override_the_apps_sampling_and_keep_its_do_sample_and_seed(tokenizer):
+    from llama2ft.serving.web_app import respond
+
+    chat = scripted_chat(tokenizer)
+    seen = []
+    stream = chat.stream
+    chat.stream = lambda turns, samp, system=None: seen.append(samp) or stream(turns, samp, system)
+    app = Sampling(do_sample=False, seed=5, max_new_tokens=99)
+    assert list(respond(chat, app, "数字 680 的中文读法是什么？", [], "", 0.7, 0.9, 20, 1.1, 32))[-1] == ANSWER
+    assert seen == [Sampling(temperature=0.7, top_p=0.9, top_k=20, repetition_penalty=1.1, max_new_tokens=32,
+                             do_sample=False, seed=5)]
 
 
 def test_streamed_pieces_add_up_to_the_answer_without_stop_text(tokenizer):

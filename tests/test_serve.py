@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import subprocess
-import sys
 
 import pytest
 
-from conftest import start_app
-from llama2ft import PROJECT_ROOT
+from conftest import run_app, start_app
 
 pytestmark = pytest.mark.slow
 KEY = "sk-test-key"
@@ -116,8 +113,7 @@ def test_bad_requests_get_400_and_the_server_keeps_serving(client):
 
 
 def test_bad_start_gets_one_clear_message(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "llama2ft.serve", f"run={tmp_path}", "port=0"], capture_output=True,
-                         text=True, cwd=str(PROJECT_ROOT), timeout=120)
+    res = run_app("serve", f"run={tmp_path}", "port=0")
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
     assert "not a training run" in res.stderr and "port=0" in res.stderr

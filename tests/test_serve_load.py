@@ -11,7 +11,7 @@ import pytest
 
 from conftest import free_port
 from llama2ft.data.dialogue import Turn
-from llama2ft.inference.engine import QueueFull
+from llama2ft.inference.request import QueueFull
 from llama2ft.inference.sampling import Sampling
 from test_generation import ScriptedModel, scripted_chat
 

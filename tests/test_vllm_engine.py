@@ -5,32 +5,37 @@ cancellation). Never run against a real vLLM here."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 import types
 
 import pytest
 
-from llama2ft import PROJECT_ROOT
+from conftest import run_app
 from llama2ft.core.errors import UserError
 from llama2ft.data.dialogue import Turn
 from llama2ft.data.templates import encode_prompt, get_template
+from llama2ft.inference.model_choice import ModelSource, Resolved
 from llama2ft.inference.sampling import Sampling
 from llama2ft.inference.vllm_engine import (VllmChatModel, engine_args, lora_request_args, require_vllm,
                                             sampling_args, token_prompt)
 
 
+def resolved(base: str, tokenizer: str, adapter: str | None) -> Resolved:
+    return Resolved(base, adapter, tokenizer, "human_assistant", None, "none", "m")
+
+
 def test_merged_folder_and_base_with_adapter_arguments(tmp_path):
-    merged = engine_args("/m/merged", "/m/merged", None, max_batch=16, dtype="bfloat16")
+    merged = engine_args(resolved("/m/merged", "/m/merged", None), ModelSource(dtype="bfloat16"), max_batch=16)
     assert merged["model"] == "/m/merged" and merged["max_num_seqs"] == 16 and merged["dtype"] == "bfloat16"
     assert "enable_lora" not in merged
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 16, "lora_alpha": 32}), encoding="utf-8")
-    lora = engine_args("/m/base", "/run/tokenizer", str(adapter), max_batch=8)
+    lora = engine_args(resolved("/m/base", "/run/tokenizer", str(adapter)), ModelSource(revision="r1"), max_batch=8)
     assert lora["model"] == "/m/base" and lora["tokenizer"] == "/run/tokenizer"  # the run's tokenizer, not the base's
     assert lora["enable_lora"] is True and lora["max_lora_rank"] == 16
+    assert lora["revision"] == "r1" and lora["dtype"] == "auto" and "revision" not in merged
     req = lora_request_args(str(adapter))
     assert req["lora_path"] == str(adapter.resolve()) and req["lora_int_id"] >= 1
 
@@ -65,8 +70,7 @@ def test_missing_vllm_or_gpu_is_one_clear_error(monkeypatch):
 def test_serve_and_eval_refuse_engine_vllm_here_before_loading(tmp_path):
     for module, args in (("serve", ["model.name_or_path=/nowhere", "max_batch=0"]),
                          ("eval", ["models=[/nowhere]", f"output={tmp_path}/e"])):
-        res = subprocess.run([sys.executable, "-m", f"llama2ft.{module}", "engine=vllm", *args], capture_output=True,
-                             text=True, cwd=str(PROJECT_ROOT), timeout=120)
+        res = run_app(module, "engine=vllm", *args)
         assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
         assert "engine=vllm needs the vllm package" in res.stderr  # vllm is not installed here
         assert ("max_batch=0: must be >= 1" in res.stderr) == (module == "serve")  # collected with the others

@@ -7,39 +7,18 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from llama2ft.config.train_schema import QuantConfig, RopeScaling, TemplateConfig
-from llama2ft.inference.sampling import Sampling
+from llama2ft.inference.model_choice import ModelChoice
+from llama2ft.inference.sampling import SamplingKeys
 
 
 @dataclass
-class InferenceModel:
-    """The `model` node of the generation apps: a folder or hub id (a merged model included)."""
+class GenerateConfig(SamplingKeys, ModelChoice):
+    """What chat, web, API and eval load and how they sample: the model keys (inference/model_choice.py)
+    and the sampling keys (inference/sampling.py) as they are stated there, plus the training's
+    `template=`/`quant=` groups, which override what the run says (the spec reads their name and mode)."""
 
-    name_or_path: Optional[str] = None
-    tokenizer: Optional[str] = None  # default: the run's, the adapter's, else the model's
-    revision: Optional[str] = None
-    trust_remote_code: bool = False
-    dtype: str = "auto"  # auto: bfloat16/float16 on GPU, float32 on CPU
-
-
-@dataclass
-class GenerateConfig:
-    """What chat, web, API and eval load and how they sample."""
-
-    run: Optional[str] = None  # a training run folder: base, adapter, template come from it
-    model: InferenceModel = field(default_factory=InferenceModel)
-    adapter: Optional[str] = None
-    system: Optional[str] = None  # system prompt (llama2_inst); default: the run's or the merged folder's
-    device: str = "auto"  # auto | cpu | cuda
-    cpu_linear: str = "auto"  # CPU matrix products: auto (oneDNN on packed weights where it works) | onednn | torch
-    template: Optional[TemplateConfig] = None  # the template=/quant= groups override what the run says
+    template: Optional[TemplateConfig] = None
     quant: Optional[QuantConfig] = None
-    temperature: float = Sampling.temperature
-    top_p: float = Sampling.top_p
-    top_k: int = Sampling.top_k
-    repetition_penalty: float = Sampling.repetition_penalty
-    max_new_tokens: int = Sampling.max_new_tokens
-    do_sample: bool = Sampling.do_sample
-    seed: Optional[int] = None
 
 
 @dataclass

@@ -17,12 +17,13 @@ from llama2ft.evaluation.loss import load_dialogues, loss_on_csv
 from llama2ft.evaluation.metrics import aggregate, answer_metrics
 from llama2ft.evaluation.questions import Question, load_questions
 from llama2ft.evaluation.report import ANSWERS_FILE, append_answer, read_answers, write_report
-from llama2ft.inference.loader import ModelSpec
+from llama2ft.inference.model_choice import ModelSpec
 from llama2ft.inference.sampling import Sampling
 from llama2ft.inference.settings import load
 from llama2ft.model.run_folder import is_run_folder
 
 HELD_OUT = "held-out"  # the class of questions taken from a community-format csv
+# The keys of a `models` entry: ModelSpec's own names, but `path` for model.name_or_path (see `entry_spec`)
 ENTRY_KEYS = ("name", "run", "path", "adapter", "template", "system")
 
 
@@ -44,18 +45,25 @@ def model_specs(entries: list[Any], base: ModelSpec) -> tuple[list[ModelSpec], l
         else:
             problems.append(f"{where}: give a folder path or {{name: ..., run: ... | path: ...}}")
             continue
-        spec = replace(base, run=entry.get("run"), name_or_path=entry.get("path"), adapter=entry.get("adapter"),
-                       template=entry.get("template", base.template), system=entry.get("system", base.system))
-        name = entry.get("name") or Path(str(spec.run or spec.name_or_path)).name
-        if name in names:
-            problems.append(f"{where}: the display name {name!r} is used twice; give each model a name")
-        names.add(name)
-        spec.name = name
+        spec = entry_spec(entry, base)
+        if spec.name in names:
+            problems.append(f"{where}: the display name {spec.name!r} is used twice; give each model a name")
+        names.add(spec.name)
         problems += spec.problems(f"{where}.")
         specs.append(spec)
     if not entries:
         problems.append("models=[...]: name at least one model (a run folder, a model folder, or {name, run|path})")
     return specs, problems
+
+
+def entry_spec(entry: dict, base: ModelSpec) -> ModelSpec:
+    """One `models` entry over the eval-wide spec: the entry names the model (run, or path and adapter);
+    template and system default to the eval's; the display name to the folder's name."""
+    spec = replace(base, run=entry.get("run"), model=replace(base.model, name_or_path=entry.get("path")),
+                   adapter=entry.get("adapter"), template=entry.get("template", base.template),
+                   system=entry.get("system", base.system))
+    spec.name = entry.get("name") or Path(str(spec.run or spec.model.name_or_path)).name
+    return spec
 
 
 def question_set(path: Optional[str], encoding: Optional[str]) -> list[Question]:

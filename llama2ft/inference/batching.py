@@ -18,19 +18,17 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import torch
 
 from llama2ft.inference.decoding import generator_for, next_token
-
-if TYPE_CHECKING:
-    from llama2ft.inference.engine import Generation
+from llama2ft.inference.request import Generation, QueueFull, RequestEnded
 
 
 @dataclass
 class _Row:
-    gen: "Generation"
+    gen: Generation
     job: Future
     seen: list[int]  # prompt + answer so far (the repetition penalty's ids)
     generator: Optional[torch.Generator]
@@ -43,7 +41,7 @@ class Batcher:
 
     def __init__(self, model: Any, eos: int, max_batch: int, max_queue: Optional[int], name: str = "model"):
         self.model, self.eos, self.max_batch, self.max_queue = model, eos, max_batch, max_queue
-        self._waiting: deque[tuple["Generation", Future]] = deque()
+        self._waiting: deque[tuple[Generation, Future]] = deque()
         self._rows: list[_Row] = []
         self._cache: Any = None
         self._mask: Optional[torch.Tensor] = None  # [rows, cached length]: 1 where a real token is cached
@@ -57,9 +55,7 @@ class Batcher:
         self._thread.start()
 
     # ---------------------------------------------------------------- request side
-    def add(self, gen: "Generation") -> Future:
-        from llama2ft.inference.engine import QueueFull
-
+    def add(self, gen: Generation) -> Future:
         job: Future = Future()
         with self._wake:
             if self.max_queue is not None and len(self._waiting) >= self.max_queue:
@@ -103,12 +99,10 @@ class Batcher:
                     self._finish(row, exc)
                 self._rows, self._cache, self._mask = [], None, None
 
-    def _join(self, joining: list[tuple["Generation", Future]]) -> None:
+    def _join(self, joining: list[tuple[Generation, Future]]) -> None:
         """Prefill the joining requests together (left-padded, masked, own positions), take each one's first
         token, and add their caches to the batch's."""
         from transformers import DynamicCache
-
-        from llama2ft.inference.engine import RequestEnded
 
         rows = []
         for gen, job in joining:
@@ -168,8 +162,6 @@ class Batcher:
 
     def _take(self, row: _Row, logits: torch.Tensor) -> bool:
         """Choose and deliver the row's next token; False when the row has finished."""
-        from llama2ft.inference.engine import RequestEnded
-
         if row.gen.cancelled:
             self._finish(row, None, cancelled=True)
             return False

@@ -1,10 +1,10 @@
 """The generation core behind chat, web, API and evaluation: one template, one sampler, one streamer.
 
 Prompts are rendered by `data.templates.encode_prompt`, i.e. the training tokenization of the conversation up
-to the start of the answer. Each request gets its own streamer (no cross-talk between users). With
-`max_batch` > 1 requests share the model through continuous batching (`inference/batching.py`: each
-forward pass runs one token of every active request); with 1 they take turns on one long-lived
-generation thread, first come, first served (see `ChatModel.submit`).
+to the start of the answer. Each request gets its own streamer (a `Generation`, `inference/request.py`: no
+cross-talk between users). With `max_batch` > 1 requests share the model through continuous batching
+(`inference/batching.py`: each forward pass runs one token of every active request); with 1 they take
+turns on one long-lived generation thread, first come, first served (see `ChatModel.submit`).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -21,149 +21,8 @@ from llama2ft.core.errors import UserError
 from llama2ft.data.dialogue import Turn
 from llama2ft.data.templates import Template, encode_prompt, get_template
 from llama2ft.inference.batching import Batcher
+from llama2ft.inference.request import Generation, QueueFull, Reply
 from llama2ft.inference.sampling import Sampling, cut_at_stop
-
-
-@dataclass
-class Reply:
-    text: str
-    finish_reason: str = "stop"  # stop: the model wrote EOS; length: max_new_tokens ran out; cancelled
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    dropped_turns: int = 0  # oldest turns left out so that the prompt fits the context
-
-
-class RequestEnded(Exception):
-    """Raised by a request's streamer to end its generation early (it was cancelled, or a stop text came)."""
-
-
-class _Cancelled(RequestEnded):
-    pass
-
-
-class QueueFull(Exception):
-    """More requests are waiting for the model than `max_queue` allows: try again later."""
-
-    def __init__(self, waiting: int, retry_after: int):
-        super().__init__(f"the server is busy: {waiting} requests are waiting for the model; retry in {retry_after} s")
-        self.retry_after = retry_after
-
-
-class _StopText(RequestEnded):
-    """Raised inside generate() to end it once a stop text has appeared."""
-
-
-class Generation:
-    """Iterate to receive the answer as text pieces while it is generated; `reply` holds the result after.
-
-    Whitespace around the answer (the templates' stop text before EOS) is never shown."""
-
-    def __init__(self, chat: "ChatModel", prompt: list[int], sampling: Sampling, max_new_tokens: int,
-                 dropped: int):
-        self.chat, self.prompt, self.sampling, self.max_new_tokens = chat, prompt, sampling, max_new_tokens
-        self.reply = Reply("", "stop", len(prompt), 0, dropped)
-        self._ids: list[int] = []
-        self._queue: "queue.Queue[Optional[str]]" = queue.Queue()
-        self._cancel = threading.Event()
-        self._error: Optional[BaseException] = None
-        self._shown = ""
-        self._started = False
-        self._job: Optional[Future] = None
-        self._final: Optional[str] = None  # the answer cut at a stop text
-        self._hold = max((len(s) for s in sampling.stop), default=1) - 1  # may be the start of a stop text
-
-    # -- called by transformers' generate (BaseStreamer protocol) in the worker thread
-    def put(self, value: torch.Tensor) -> None:
-        if not self._started:  # generate() first hands over the prompt
-            return self.accept(None)
-        for i in value.reshape(-1).tolist():
-            self.accept(i)
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    def accept(self, token: Optional[int]) -> None:
-        """Take the next answer token (None: the prompt was read) on the generating thread; raises
-        RequestEnded when the request must end (cancelled, or a stop text has appeared)."""
-        if self._cancel.is_set():
-            raise _Cancelled()
-        if token is None:
-            self._started = True
-            return
-        if token == self.chat.tokenizer.eos_token_id:
-            return
-        self._ids.append(token)
-        text = self._text()
-        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-            return
-        visible = text.lstrip().rstrip()
-        if self.sampling.stop:
-            self._final = cut_at_stop(visible, self.sampling.stop)
-            if self._final is not None:
-                raise _StopText()
-            visible = visible[: len(visible) - self._hold]
-        if visible.startswith(self._shown) and len(visible) > len(self._shown):
-            self._queue.put(visible[len(self._shown):])
-            self._shown = visible
-
-    def end(self) -> None:
-        pass
-
-    def _text(self) -> str:
-        return self.chat.tokenizer.decode(self._ids, skip_special_tokens=True)
-
-    # -- consumer side
-    def start(self) -> None:
-        """Take a place in the model's queue now (raises QueueFull when it is full); iterating starts
-        it too, but a server must know before it answers with a stream."""
-        if self._job is None:
-            self._job = self.chat.enqueue(self)
-
-    def _run(self) -> None:
-        """Runs on the model's generation thread (max_batch=1)."""
-        try:
-            self.chat.generate_ids([self.prompt], self.sampling, self.max_new_tokens, streamer=self)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer by finish()
-            return self.finish(exc)
-        self.finish(None)
-
-    def finish(self, exc: Optional[BaseException], cancelled: bool = False) -> None:
-        """The generating side is done with this request (`exc` is re-raised in the consumer thread)."""
-        if cancelled or isinstance(exc, _Cancelled):
-            self.reply.finish_reason = "cancelled"
-        elif exc is not None and not isinstance(exc, _StopText):
-            self._error = exc
-        self._queue.put(None)
-
-    def __iter__(self) -> Iterator[str]:
-        self.start()
-        job = self._job
-        try:
-            while (piece := self._queue.get()) is not None:
-                yield piece
-        finally:
-            self._cancel.set()  # a consumer that stops early (client gone) stops the generation too
-            if not job.cancel():  # still queued: dropped; running: it stops at its next token
-                job.result()
-        if self._error is not None:
-            raise self._error
-        self.reply.completion_tokens = len(self._ids)
-        if self.reply.finish_reason != "cancelled":
-            full = len(self._ids) >= self.max_new_tokens and self._final is None
-            self.reply.finish_reason = "length" if full else "stop"
-        self.reply.text = self._final if self._final is not None else self._text().strip()
-        if self.reply.text != self._shown and self.reply.text.startswith(self._shown):
-            yield self.reply.text[len(self._shown):]
-
-    def cancel(self) -> None:
-        """Stop generating (a client went away); the iterator then ends with finish_reason "cancelled"."""
-        self._cancel.set()
-
-    def run(self) -> Reply:
-        for _ in self:
-            pass
-        return self.reply
 
 
 @dataclass

@@ -1,24 +1,39 @@
-"""Sampling settings: the one place of the community's chat defaults (temperature 0.3, top_p 0.95,
-top_k 50, repetition_penalty 1.3, max_new_tokens 512), which chat, web, API, eval and the merged
-model's generation_config.json all take from here."""
+"""Sampling settings, stated once: their names (transformers'), defaults (the community's chat defaults:
+temperature 0.3, top_p 0.95, top_k 50, repetition_penalty 1.3, max_new_tokens 512) and checks.
+
+`SamplingKeys` are the keys chat, web, serve and eval take (the apps' Hydra schemas inherit them, in
+config/app_schemas.py); `Sampling` adds what only a request sets (the API's stop texts) and is what the
+engines, the web page's controls, the API (serving/api_models.py) and the merged model's
+generation_config.json read."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 
 @dataclass
-class Sampling:
-    """Sampling settings, named as in transformers; the defaults are the community's chat defaults."""
+class SamplingKeys:
+    """The sampling keys of the generation apps (`temperature=0.7 seed=1 ...`), with their defaults."""
 
     temperature: float = 0.3  # 0 means greedy
     top_p: float = 0.95
-    top_k: int = 50
+    top_k: int = 50  # 0 turns it off
     repetition_penalty: float = 1.3
     max_new_tokens: int = 512
     do_sample: bool = True  # false: greedy, whatever the temperature
     seed: Optional[int] = None  # set: the same seed gives the same sampled answer
+
+
+@dataclass
+class Sampling(SamplingKeys):
+    """The settings one answer is generated with: the keys, plus a request's stop texts."""
+
     stop: tuple[str, ...] = ()  # the answer ends before the first of these texts (OpenAI's `stop`)
+
+    @classmethod
+    def of(cls, keys: Any) -> "Sampling":
+        """The settings a config (or any object with the `SamplingKeys` attributes) names."""
+        return cls(**{f.name: getattr(keys, f.name) for f in fields(SamplingKeys)})
 
     def problems(self, prefix: str = "") -> list[str]:
         p = []

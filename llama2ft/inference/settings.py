@@ -1,5 +1,6 @@
-"""What the chat, web, API and eval apps share: their generation keys (configs/generate/default.yaml)
-mapped to a `ModelSpec` and a `Sampling`, checked all at once before anything is loaded."""
+"""What the chat, web, API and eval apps share: their generation keys (configs/generate/default.yaml) read
+as a `ModelSpec` (inference/model_choice.py) and a `Sampling` (inference/sampling.py), checked all at once
+before anything is loaded; the engine keys; loading the model."""
 from __future__ import annotations
 
 import logging
@@ -9,34 +10,15 @@ from typing import Any, Optional
 
 from llama2ft.core.errors import ConfigError, UserError
 from llama2ft.inference.engine import ChatModel
-from llama2ft.inference.loader import ModelSpec, load_chat_model, load_vllm
+from llama2ft.inference.loader import load_chat_model, load_vllm
+from llama2ft.inference.model_choice import ModelSpec
 from llama2ft.inference.sampling import Sampling
 from llama2ft.inference.vllm_engine import ENGINES, require_vllm
 
 
-def model_spec(cfg: Any) -> ModelSpec:
-    """The model named by run= / model.* / adapter= and the optional template= / quant= groups."""
-    template = cfg.get("template")
-    system = cfg.system if cfg.system is not None else (template.system if template is not None else None)
-    quant = cfg.get("quant")
-    m = cfg.model
-    return ModelSpec(
-        run=cfg.run, name_or_path=m.name_or_path, adapter=cfg.adapter, tokenizer=m.get("tokenizer"),
-        template=template.name if template is not None else None, system=system,
-        quant=quant.mode if quant is not None else None, dtype=m.get("dtype", "auto"), device=cfg.device,
-        cpu_linear=cfg.get("cpu_linear", "auto"), revision=m.get("revision"),
-        trust_remote_code=bool(m.get("trust_remote_code", False)))
-
-
-def sampling(cfg: Any) -> Sampling:
-    return Sampling(temperature=float(cfg.temperature), top_p=float(cfg.top_p), top_k=int(cfg.top_k),
-                    repetition_penalty=float(cfg.repetition_penalty), max_new_tokens=int(cfg.max_new_tokens),
-                    do_sample=bool(cfg.do_sample), seed=cfg.seed)
-
-
 def check(cfg: Any, extra: Optional[list[str]] = None) -> tuple[ModelSpec, Sampling]:
     """Raise one ConfigError listing every problem of the model keys, sampling keys and `extra`."""
-    spec, samp = model_spec(cfg), sampling(cfg)
+    spec, samp = ModelSpec.from_config(cfg), Sampling.of(cfg)
     problems = [*spec.problems(), *samp.problems(), *(extra or [])]
     if problems:
         raise ConfigError(problems)

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from llama2ft.core.errors import UserError
-from llama2ft.inference.engine import ChatModel, Generation, QueueFull, RequestEnded
+from llama2ft.inference.engine import ChatModel
+from llama2ft.inference.model_choice import ModelSource, Resolved
+from llama2ft.inference.request import Generation, QueueFull, RequestEnded
 from llama2ft.inference.sampling import Sampling
 
 ENGINES = ("transformers", "vllm")
@@ -42,15 +44,15 @@ def require_vllm(cuda_available: Optional[bool] = None) -> None:
         raise UserError("engine=vllm needs a CUDA GPU and none is visible; use engine=transformers on this machine")
 
 
-def engine_args(base: str, tokenizer: str, adapter: Optional[str], max_batch: int, dtype: str = "auto",
-                revision: Optional[str] = None, trust_remote_code: bool = False) -> dict[str, Any]:
-    """Keyword arguments of vLLM's `EngineArgs` for a merged folder (adapter None) or a base + LoRA adapter."""
-    args: dict[str, Any] = {"model": base, "tokenizer": tokenizer, "dtype": dtype, "max_num_seqs": max_batch,
-                            "trust_remote_code": trust_remote_code, "seed": 0}
-    if revision is not None:
-        args["revision"] = revision
-    if adapter is not None:
-        args.update(enable_lora=True, max_loras=1, max_lora_rank=_lora_rank(adapter))
+def engine_args(r: Resolved, source: ModelSource, max_batch: int) -> dict[str, Any]:
+    """Keyword arguments of vLLM's `EngineArgs` for a merged folder (no adapter) or a base + LoRA adapter:
+    the resolved paths, and the `model` node's dtype, revision and trust_remote_code."""
+    args: dict[str, Any] = {"model": r.base, "tokenizer": r.tokenizer, "dtype": source.dtype,
+                            "max_num_seqs": max_batch, "trust_remote_code": source.trust_remote_code, "seed": 0}
+    if source.revision is not None:
+        args["revision"] = source.revision
+    if r.adapter is not None:
+        args.update(enable_lora=True, max_loras=1, max_lora_rank=_lora_rank(r.adapter))
     return args
 
 
@@ -181,15 +183,13 @@ class VllmChatModel(ChatModel):
         job.set_result(None)
 
 
-def load_vllm_chat_model(base: str, tokenizer: Any, tokenizer_path: str, adapter: Optional[str], template: Any,
-                         context_length: int, name: str, max_batch: int, dtype: str = "auto",
-                         revision: Optional[str] = None, trust_remote_code: bool = False) -> VllmChatModel:
-    """Start vLLM on the model (checks first that it can run here)."""
+def load_vllm_chat_model(r: Resolved, source: ModelSource, tokenizer: Any, template: Any, context_length: int,
+                         max_batch: int) -> VllmChatModel:
+    """Start vLLM on the resolved model (checks first that it can run here)."""
     require_vllm()
     from vllm import EngineArgs, LLMEngine
     from vllm.lora.request import LoRARequest
 
-    args = engine_args(base, tokenizer_path, adapter, max_batch, dtype, revision, trust_remote_code)
-    engine = LLMEngine.from_engine_args(EngineArgs(**args))
-    lora = LoRARequest(**lora_request_args(adapter)) if adapter is not None else None
-    return VllmChatModel(engine, tokenizer, template, context_length, name, max_batch=max_batch, lora=lora)
+    engine = LLMEngine.from_engine_args(EngineArgs(**engine_args(r, source, max_batch)))
+    lora = LoRARequest(**lora_request_args(r.adapter)) if r.adapter is not None else None
+    return VllmChatModel(engine, tokenizer, template, context_length, r.label, max_batch=max_batch, lora=lora)

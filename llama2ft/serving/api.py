@@ -21,10 +21,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 
 from llama2ft.core.errors import UserError
-from llama2ft.inference.engine import ChatModel, Generation, QueueFull
+from llama2ft.inference.engine import ChatModel
+from llama2ft.inference.request import Generation, QueueFull
 from llama2ft.inference.messages import message_text, to_turns
 from llama2ft.inference.sampling import Sampling
-from llama2ft.serving.api_models import ChatRequest, Common, CompletionRequest, error_response
+from llama2ft.serving.api_models import ChatRequest, CompletionRequest, error_response, sampling_of
 
 
 @dataclass
@@ -131,27 +132,6 @@ class BodyLimit:
 
 
 # ---------------------------------------------------------------- helpers
-def sampling_of(req: Common, defaults: Sampling) -> Sampling:
-    """The request's sampling settings over the server's defaults; bad values are one UserError."""
-    if req.n != 1:
-        raise UserError("n: only n=1 is supported")
-    given = req.max_completion_tokens or req.max_tokens
-
-    def pick(value: Any, default: Any) -> Any:
-        return default if value is None else value
-
-    samp = Sampling(
-        temperature=pick(req.temperature, defaults.temperature), top_p=pick(req.top_p, defaults.top_p),
-        top_k=pick(req.top_k, defaults.top_k),
-        repetition_penalty=pick(req.repetition_penalty, defaults.repetition_penalty),
-        max_new_tokens=pick(given, defaults.max_new_tokens), do_sample=defaults.do_sample,
-        seed=pick(req.seed, defaults.seed), stop=(req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ()))
-    problems = samp.problems()
-    if problems:
-        raise UserError("; ".join(p.replace("max_new_tokens", "max_tokens") for p in problems))
-    return samp
-
-
 def usage(gen: Generation) -> dict:
     r = gen.reply
     return {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,

@@ -6,6 +6,7 @@ shared one streamer among all of them).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Iterator, Optional
 
 from llama2ft.core.errors import UserError
@@ -23,13 +24,14 @@ def parse_auth(value: Optional[str]) -> Optional[tuple[str, str]]:
     return user, password
 
 
-def respond(chat: ChatModel, message: str, history: list[dict], system: str, temperature: float, top_p: float,
-            top_k: int, repetition_penalty: float, max_new_tokens: int) -> Iterator[str]:
-    """Gradio's chat function: yields the growing answer."""
+def respond(chat: ChatModel, defaults: Sampling, message: str, history: list[dict], system: str, temperature: float,
+            top_p: float, top_k: int, repetition_penalty: float, max_new_tokens: int) -> Iterator[str]:
+    """Gradio's chat function: yields the growing answer. The page's controls override the app's sampling
+    settings; do_sample and seed stay the app's."""
     import gradio as gr
 
-    samp = Sampling(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
-                    repetition_penalty=float(repetition_penalty), max_new_tokens=int(max_new_tokens))
+    samp = replace(defaults, temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
+                   repetition_penalty=float(repetition_penalty), max_new_tokens=int(max_new_tokens))
     problems = samp.problems()
     if problems:
         raise gr.Error("; ".join(problems))
@@ -51,7 +53,7 @@ def build_app(chat: ChatModel, samp: Sampling, title: str, concurrency: int) -> 
     import gradio as gr
 
     def fn(message, history, system, temperature, top_p, top_k, repetition_penalty, max_new_tokens):
-        yield from respond(chat, message, history, system, temperature, top_p, top_k, repetition_penalty,
+        yield from respond(chat, samp, message, history, system, temperature, top_p, top_k, repetition_penalty,
                            max_new_tokens)
 
     inputs = [
