@@ -75,4 +75,4 @@ def test_a_start_is_a_new_config_and_the_old_one_is_untouched(tmp_path):
     new, start = from_init(cfg)
     assert {k: OmegaConf.to_container(cfg[k], resolve=True) for k in before} == before
     assert new.lora.r == 16 and new.template.name == "llama2_inst" and new.init_from == str(sft.path)
-    assert start.adapter == str(sft.adapter.resolve()) and start.base_model == sft.base_model
+    assert start.trained_adapter == str(sft.adapter.resolve()) and start.base_model == sft.base_model

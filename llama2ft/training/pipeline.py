@@ -39,7 +39,7 @@ class Start:
     """What a run starts from besides its config's model: a trained adapter that keeps training, and the
     embedded base it was trained on (copied into this run's folder, so the folder stands on its own)."""
 
-    adapter: Optional[str] = None
+    trained_adapter: Optional[str] = None  # keeps training (an SFT run's adapter/)
     base_model: Optional[Path] = None
     source: Optional[str] = None  # init_from, for the log
 
@@ -96,12 +96,12 @@ def run_training(cfg: DictConfig, method: Method, out_dir: Path, resume: bool, s
     data = method.data(cfg, prepared)
 
     # 4. model
-    model, base_path, dtype, speed = build_model(cfg, tokenizer, run, start.adapter)
+    model, base_path, dtype, speed = build_model(cfg, tokenizer, run, start.trained_adapter)
     trainable, total = count_parameters(model)
     quantized = quantized_layers(model)
     say(f"model: {base_path} ({total:,} parameters, {trainable:,} trainable, {dtype}, quant={cfg.quant.mode}"
         + (f": {', '.join(f'{n} {kind}' for kind, n in quantized.items())})" if quantized else ")")
-        + (f"; continuing the adapter {start.adapter}" if start.adapter else ""))
+        + (f"; continuing the adapter {start.trained_adapter}" if start.trained_adapter else ""))
     for line in speed.log_lines():
         say(line)
     data = method.before_training(cfg, model, data)
