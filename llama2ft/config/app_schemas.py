@@ -23,19 +23,19 @@ class GenerateConfig(SamplingKeys, ModelChoice):
 
 @dataclass
 class ChatConfig(GenerateConfig):
-    prompt: Optional[str] = None
-    prompts_file: Optional[str] = None
+    prompt: Optional[str] = None  # answer this once and exit
+    prompts_file: Optional[str] = None  # .txt (one prompt per line) or .csv (column prompts_column) -> jsonl
     prompts_column: str = "question"
-    output: Optional[str] = None
+    output: Optional[str] = None  # where prompts_file answers go (default: <prompts_file>.answers.jsonl)
 
 
 @dataclass
 class WebConfig(GenerateConfig):
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # 0.0.0.0 exposes it to the network: set auth then
     port: int = 7860
-    auth: Optional[str] = None
+    auth: Optional[str] = None  # user:password
     title: str = "llama2ft chat"
-    concurrency: int = 8
+    concurrency: int = 8  # sessions streaming at once
     max_queue: Optional[int] = 16  # browser requests allowed to wait; more get "busy, try again" (null: no limit)
     max_batch: int = 8  # answers generated together (continuous batching); 1: one at a time
 
@@ -44,8 +44,8 @@ class WebConfig(GenerateConfig):
 class ServeConfig(GenerateConfig):
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key: Optional[str] = None
-    served_name: Optional[str] = None
+    api_key: Optional[str] = None  # set: requests need "Authorization: Bearer <api_key>"
+    served_name: Optional[str] = None  # the model id in /v1/models (default: the run or folder name)
     max_queue: Optional[int] = 16  # requests allowed to wait for the model; more get HTTP 503 (null: no limit)
     max_request_bytes: int = 1_000_000  # larger request bodies get HTTP 413
     max_batch: int = 8  # requests generated together (continuous batching); 1: one at a time
@@ -56,33 +56,40 @@ class ServeConfig(GenerateConfig):
 class EvalConfig(GenerateConfig):
     task: str = "generate"  # generate | loss
     models: list[Any] = field(default_factory=list)  # paths, or {name, run | path, adapter, template, system}
+    # .json (AtomBulb), .csv with a question column (category, reference, qid optional) or with a `text` column
+    # in the community format (its last answer is the reference); None: the built-in set (data/eval/questions.json)
     questions: Optional[str] = None
-    encoding: Optional[str] = None
-    prompt_template: Optional[str] = None  # llama2_inst | human_assistant | model
-    chinese_threshold: float = 0.5
-    batch_size: int = 8
+    encoding: Optional[str] = None  # csv encoding, e.g. gbk
+    # llama2_inst | human_assistant | model (each model's own training template); None: llama2_inst for
+    # task=generate (the community's evaluation), the model's own for task=loss
+    prompt_template: Optional[str] = None
+    chinese_threshold: float = 0.5  # an answer is Chinese when more than this share of its letters are Chinese
+    batch_size: int = 8  # answers written at a time; task=loss: rows per forward pass
     max_batch: int = 8  # task=generate: questions answered together (continuous batching, answers as if alone)
     engine: str = "transformers"  # transformers | vllm (GPU, the `vllm` extra)
-    data_file: Optional[str] = None
-    max_seq_len: int = 2048
+    data_file: Optional[str] = None  # task=loss: a csv in the community format
+    max_seq_len: int = 2048  # task=loss: rows are cut like in training
     output: str = "outputs/eval"
 
 
 @dataclass
 class MergeConfig:
-    run: Optional[str] = None
-    base: Optional[str] = None
+    run: Optional[str] = None  # a training run folder: base, adapter, tokenizer and template come from it
+    base: Optional[str] = None  # ...or a base model folder (safetensors) with adapters applied in order
     adapters: list[str] = field(default_factory=list)
-    tokenizer: Optional[str] = None
-    template: str = "human_assistant"
+    tokenizer: Optional[str] = None  # with base=: default the last adapter's, else the base's
+    template: str = "human_assistant"  # with base=: the chat template the model is published with
     system: Optional[str] = None
-    base_name: Optional[str] = None
+    base_name: Optional[str] = None  # the base named in the model card (default: the run's, or base=)
     output: Optional[str] = None
-    dtype: Optional[str] = None  # float16 | bfloat16 | float32
+    # float16 | bfloat16 | float32; None: float16, float32 for the embedded tiny model (trained in float32)
+    dtype: Optional[str] = None
     max_shard_size: str = "5GB"
     rope_scaling: RopeScaling = field(default_factory=RopeScaling)  # base=/adapters=: as the adapters trained
+    # compare the merged model's logits with base+adapter (peft) before publishing; loads the base in float32
+    # besides the merged copy: cheap for small models, verify=false for 7B+ on a small machine
     verify: bool = True
-    overwrite: bool = False
+    overwrite: bool = False  # replace an existing output (only once the new one is complete)
 
 
 @dataclass
@@ -90,22 +97,25 @@ class ExportConfig:
     format: str = "gguf"
     source: Optional[str] = None
     output: Optional[str] = None
-    quant: str = "f16"  # f16 | q8_0 | f32
+    quant: str = "f16"  # f16 | q8_0 | f32; 1-D tensors (norms) stay float32, as llama.cpp's converter does
     overwrite: bool = False
 
 
 @dataclass
 class VocabConfig:
-    corpus: Optional[str] = None
+    corpus: Optional[str] = None  # .txt (one text per line) or .csv (`column`; <s>Human: ...</s> markup stripped)
     column: str = "text"
-    encoding: Optional[str] = None
-    base: str = "???"
+    encoding: Optional[str] = None  # None: UTF-8 (a BOM is fine); e.g. gbk
+    base: str = "???"  # the tokenizer folder (or cached hub id) to extend; configs/vocab.yaml: the embedded one
+    # the new TOTAL number of pieces (base + added); a multiple of 32 or 64 keeps the resized embeddings unpadded
     vocab_size: Optional[int] = None
-    min_frequency: int = 2
+    min_frequency: int = 2  # pieces (and new characters) seen fewer times in the corpus are not added
+    # longest new piece in characters (None: no limit); on templated text long pieces are fragments of
+    # repeated phrases, 4 keeps pieces to word size
     max_piece_length: Optional[int] = None
-    heldout: Optional[str] = None
+    heldout: Optional[str] = None  # .txt/.csv of Chinese text not in the corpus: tokens per character reported
     output: Optional[str] = None
-    overwrite: bool = False
+    overwrite: bool = False  # replace an existing output (only once the new one is complete and checked)
 
 
 APP_SCHEMAS = {"chat": ChatConfig, "web": WebConfig, "serve": ServeConfig, "eval": EvalConfig,

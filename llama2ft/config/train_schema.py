@@ -14,7 +14,7 @@ class TinyInit:
 
     hidden_size: int = 128
     intermediate_size: int = 384
-    num_hidden_layers: int = 2
+    num_hidden_layers: int = 4
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     max_position_embeddings: int = 256
@@ -96,7 +96,7 @@ class TrainerConfig:
     max_steps: int = -1
     per_device_train_batch_size: int = 4
     per_device_eval_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
+    gradient_accumulation_steps: int = 4
     warmup_ratio: float = 0.03
     lr_scheduler_type: str = "cosine"
     weight_decay: float = 0.0
