@@ -1,2 +1,2 @@
-"""Training layer: the fine-tuning recipe, trainer arguments, distributed helpers, loss plot and sweep
-summaries."""
+"""Training layer: the one training skeleton (pipeline.py) and its methods (methods/: SFT, DPO, ORPO, SimPO,
+KTO), where a run starts, trainer arguments, distributed helpers, loss plot and sweep summaries."""

@@ -6,7 +6,7 @@ label; a pairs file gives each prompt's chosen answer as desirable and its rejec
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -26,15 +26,20 @@ class KtoSettings(MethodSettings):
     beta: float = 0.1  # scale of the reward (higher: stays closer to the reference)
     desirable_weight: float = 1.0  # the paper keeps desirable_weight x #desirable / (undesirable_weight x
     undesirable_weight: float = 1.0  # #undesirable) in [1, 4/3]: raise the rarer kind's weight
+    sft_weight: float = 0.0  # plus this weight x a desirable completion's mean token NLL (keeps it likely)
 
 
 def kto_loss(logps: torch.Tensor, ref_logps: torch.Tensor, desirable: torch.Tensor, kl: torch.Tensor, beta: float,
-             desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-completion KTO loss and rewards beta * (logps - ref_logps); `kl`: the reference point z0."""
+             desirable_weight: float = 1.0, undesirable_weight: float = 1.0, lengths: Optional[torch.Tensor] = None,
+             sft_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-completion KTO loss and rewards beta * (logps - ref_logps); `kl`: the reference point z0.
+    `sft_weight` adds that weight times each desirable completion's mean token NLL (`lengths`: its tokens)."""
     logr = logps - ref_logps
     z0 = kl.detach().clamp(min=0)
     loss = torch.where(desirable, desirable_weight * (1 - torch.sigmoid(beta * (logr - z0))),
                        undesirable_weight * (1 - torch.sigmoid(beta * (z0 - logr))))
+    if sft_weight:
+        loss = loss + sft_weight * torch.where(desirable, -logps / lengths, torch.zeros_like(logps))
     return loss, beta * logr.detach()
 
 
@@ -57,6 +62,8 @@ class KTO(PreferenceMethod):
         for key in ("desirable_weight", "undesirable_weight"):
             if m[key] <= 0:
                 p.append(f"method.{key}={m[key]}: must be > 0")
+        if m.sft_weight < 0:
+            p.append(f"method.sft_weight={m.sft_weight}: must be >= 0")
         return p
 
     def collator(self, tokenizer: Any, attention: str, cfg: DictConfig) -> Any:
@@ -66,11 +73,11 @@ class KTO(PreferenceMethod):
         b, keys = batch["desirable"].shape[0], ("input_ids", "attention_mask", "labels")
         with torch.no_grad():  # the reference point carries no gradient: score the mismatched rows without one
             kl_logps = row_logps(model, {k: batch[k][b:] for k in keys})[0]
-        logps = row_logps(model, {k: batch[k][:b] for k in keys})[0]
+        logps, lengths = row_logps(model, {k: batch[k][:b] for k in keys})
         kl = batch_kl(kl_logps, batch["ref_kl_logps"].to(kl_logps))
         desirable = batch["desirable"].to(logps.device)
         loss, rewards = kto_loss(logps, batch["ref_logps"].to(logps), desirable, kl, s.beta, s.desirable_weight,
-                                 s.undesirable_weight)
+                                 s.undesirable_weight, lengths, s.sft_weight)
         good, bad = rewards[desirable], rewards[~desirable]
         figures = {"kl": kl.detach()}
         if len(good):
