@@ -168,3 +168,23 @@ def test_method_dpo_alone_starts_from_the_embedded_sft_model(learned_run, tmp_pa
     assert f"starting from the embedded SFT model {folder}" in res.stdout
     assert f"init_from: {folder}" in (tmp_path / "run" / "config.yaml").read_text()
 
+
+
+def test_run_folders_written_before_the_skeleton_still_load(learned_run, tmp_path):
+    """A run folder from before methods were plug-ins (its config.yaml's `method` node held every
+    preference key, whatever the method): chat, merge and a DPO `init_from` take it as before."""
+    import yaml
+
+    old = tmp_path / "old-run"
+    shutil.copytree(learned_run.path, old, ignore=shutil.ignore_patterns("checkpoints"))
+    cfg = yaml.safe_load((old / "config.yaml").read_text(encoding="utf-8"))
+    cfg["method"] = {"name": "sft", "beta": 0.1, "loss_type": "sigmoid", "label_smoothing": 0.0, "sft_weight": 0.0}
+    (old / "config.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    (old / "preview.jsonl").unlink(missing_ok=True)
+    res = run_app("chat", f"run={old}", "prompt=数字 680 的中文读法是什么？", "temperature=0", "max_new_tokens=8")
+    assert res.returncode == 0 and res.stdout.strip(), res.stderr[-2000:]
+    res = run_app("merge", f"run={old}", f"output={tmp_path / 'merged'}")
+    assert res.returncode == 0 and (tmp_path / "merged" / "config.json").is_file(), res.stderr[-2000:]
+    train(tmp_path / "dpo", "method=dpo", f"init_from={old}", "trainer.max_steps=2", "trainer.eval_steps=2",
+          "sample_eval.enabled=false")
+    assert metrics(tmp_path / "dpo")["method"] == "dpo"

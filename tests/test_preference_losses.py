@@ -95,6 +95,9 @@ def test_kto_loss_matches_hand_computation():
     # does not lower the bar
     loss0, _ = kto_loss(logps, refs, desirable, t(-2.0), beta, w_d, w_u)
     assert loss0.tolist() == pytest.approx(kto_loss(logps, refs, desirable, t(0.0), beta, w_d, w_u)[0].tolist())
+    # sft_weight: plus the desirable completions' mean token NLL (undesirable ones untouched)
+    with_sft, _ = kto_loss(logps, refs, desirable, kl, beta, w_d, w_u, lengths=t(2, 5, 4), sft_weight=0.5)
+    assert with_sft.tolist() == pytest.approx([want[0] + 0.5 * 3.0 / 2, want[1], want[2]])
 
 
 @pytest.mark.parametrize("method, bad, needles", [

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from llama2ft.model.loading import compute_dtype
+from llama2ft.model.run_folder import RunDir
 
 
 def set_logger_env(logger: Any, out_dir: Path) -> None:
@@ -33,7 +34,7 @@ def training_arguments(trainer: Any, logger: Any, out_dir: Path, has_eval: bool,
     dtype = compute_dtype(tr.precision, tr.use_cpu)
     set_logger_env(logger, out_dir)
     return TrainingArguments(
-        output_dir=str(out_dir / "checkpoints"),
+        output_dir=str(RunDir(out_dir).checkpoints),
         learning_rate=tr.learning_rate,
         num_train_epochs=tr.num_train_epochs,
         max_steps=tr.max_steps,
