@@ -54,7 +54,7 @@ def plan(cfg: DictConfig, out_dir: Path) -> tuple[DictConfig, Method, Start]:
             say(f"\nnow method={method.name} from {folder}\n")
         cfg = with_init_from(cfg, folder)
     cfg, start = from_init(cfg)
-    checked(cfg)
+    validate(cfg, method.problems(cfg))  # the config it trains with, now pointing at its start
     return cfg, method, start
 
 

@@ -167,9 +167,12 @@ class PreferenceMethod(Method):
     def batch_loss(self, model: Any, batch: dict, settings: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    logged: tuple[str, ...] = ()  # figures of its loss (besides rewards/*) kept in metrics.json
+
     def final_metrics(self, log_history: list[dict]) -> dict[str, Any]:
+        """The rewards (and the method's own figures) of the last training log."""
         last = next((h for h in reversed(log_history) if "rewards/margins" in h), {})
-        return {k: v for k, v in last.items() if k.startswith("rewards/")}
+        return {k: v for k, v in last.items() if k.startswith("rewards/") or k in self.logged}
 
 
 class PairMethod(PreferenceMethod):

@@ -56,6 +56,7 @@ class KTO(PreferenceMethod):
     Settings = KtoSettings
     rows = COMPLETIONS
     needs_reference = True
+    logged = ("kl",)
 
     def problems(self, cfg: DictConfig) -> list[str]:
         p, m = super().problems(cfg), cfg.method
