@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from conftest import compose, run_cli
+from conftest import compose, run_app
 from llama2ft import PROJECT_ROOT
 from llama2ft.data.collators import PackedCollator, PadCollator
 from llama2ft.data.csv_reader import read_column
@@ -27,7 +27,7 @@ def prepared(tokenizer, *overrides, cache_dir):
 
 
 def test_prepare_writes_the_preview_and_shows_what_is_learned(tmp_path, tokenizer):
-    res = run_cli("prepare", f"hydra.run.dir={tmp_path}/run", "data.preview_rows=3")
+    res = run_app("prepare", f"hydra.run.dir={tmp_path}/run", "data.preview_rows=3")
     assert res.returncode == 0, res.stderr[-2000:]
     lines = [json.loads(line) for line in (tmp_path / "run" / "preview.jsonl").read_text().splitlines()]
     assert [(p["split"], p["row"]) for p in lines] == [("train", 1), ("train", 2), ("train", 3),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import compose, run_cli
+from conftest import compose, run_app
 from llama2ft.config.validation import collect_problems
 from llama2ft.model import attention, kernels
 from llama2ft.model.memory import GIB, Shape, layer_activation_elements, lora_parameters, plan_checkpointing
@@ -69,7 +69,7 @@ def test_kernel_and_checkpointing_config_errors(monkeypatch):
 
 
 def test_cli_rejects_liger_on_cpu_before_loading_a_model(tmp_path):
-    res = run_cli("train", "experiment=tiny_smoke", "trainer.kernels=liger", f"hydra.run.dir={tmp_path}/run")
+    res = run_app("train", "experiment=tiny_smoke", "trainer.kernels=liger", f"hydra.run.dir={tmp_path}/run")
     assert res.returncode == 2, res.stderr[-2000:]
     assert "Traceback" not in res.stderr + res.stdout
     assert "trainer.kernels=liger: Liger's Triton kernels need a CUDA GPU" in res.stderr
