@@ -164,6 +164,20 @@ def _logging_into(out, err) -> Iterator[None]:
 APP_THREADS = 1
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Torch on APP_THREADS for the test's own tensor work (as run_app gives commands), restored after it:
+    test_merge + test_lora_variants took 148 s with the test process on 2 threads, 76 s on 1 (2 shared cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(APP_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @contextmanager
 def _global_state(threads: int) -> Iterator[None]:
     """The command's torch threads (as OMP_NUM_THREADS gives a process), and what a command may change for its

@@ -14,6 +14,8 @@ import torch
 from conftest import SHARED_DATA, AppResult, run_app
 from llama2ft import PROJECT_ROOT
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, shared cores
+
 gguf = pytest.importorskip("gguf", reason="the gguf package (pip install 'llama2ft[export]') is not installed")
 
 LAYERS, HIDDEN, HEADS, KV_HEADS, FFN = 2, 128, 4, 2, 384

@@ -13,6 +13,8 @@ from safetensors import safe_open
 
 from conftest import AppResult, TrainedRun, offline_env, run_app, run_cli, train_ok
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, shared cores
+
 IDS = [[1, 400, 500, 600, 700, 12, 42], [1, 300, 301, 302]]
 
 

@@ -18,6 +18,8 @@ from llama2ft.data.dialogue import parse_dialogue
 from llama2ft.data.pipeline import prepare_data
 from llama2ft.data.templates import IGNORE_INDEX, encode_dialogue, get_template
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, shared cores
+
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 
 

@@ -14,6 +14,8 @@ from conftest import compose, run_app, run_cli, shared_file, train_ok
 from llama2ft import CONFIG_DIR, PROJECT_ROOT
 from llama2ft.core.errors import UserError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, shared cores
+
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 ROUND_TRIP = ["请用中文写出数字 4046。", "四千零四十六用阿拉伯数字怎么写？", "你好，世界！Hello, world.",
               "  前后有空格  ", "饕餮与魑魅魍魉", "表情😀和罕见字𠀀", "第一行\n第二行\t制表符", "数字 0 到 9999"]
