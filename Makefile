@@ -35,11 +35,14 @@ train: install
 # ~25 minutes to build on 2 cores), installed once when present.
 LLAMA_CPP_WHEEL := $(wildcard ../shared/wheels/llama_cpp_python-*.whl)
 
+# --durations: the 25 slowest tests in every run's output, so a test that gets slow is seen where it happens
+PYTEST := $(PY) -m pytest -q --durations=25
+
 test: install llama-cpp
-	$(PY) -m pytest -q $(ARGS)
+	$(PYTEST) $(ARGS)
 
 test-fast: install llama-cpp
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+	$(PYTEST) -m "not slow" $(ARGS)
 
 llama-cpp: install
 	@if [ -n "$(LLAMA_CPP_WHEEL)" ] && ! $(PY) -c "import llama_cpp" 2>/dev/null; then \

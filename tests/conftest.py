@@ -20,17 +20,20 @@ from llama2ft import CONFIG_DIR, PROJECT_ROOT
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
 
+def offline_env(basetemp: Path) -> dict[str, str]:
+    """The environment every test runs in: no network, every cache inside the session's temp folder."""
+    cache = basetemp / "hf-cache"
+    return {"HF_HOME": str(cache), "HF_DATASETS_CACHE": str(cache / "datasets"), "HF_HUB_OFFLINE": "1",
+            "LLAMA2FT_CACHE_DIR": str(basetemp / "llama2ft-cache"), "WANDB_MODE": "offline",
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            # inductor's kernel cache is not keyed by the CPU capability (ATEN_CPU_CAPABILITY): keep it per session
+            "TORCHINDUCTOR_CACHE_DIR": str(basetemp / "inductor")}
+
+
 @pytest.fixture(autouse=True)
 def _offline_env(tmp_path_factory, monkeypatch):
-    cache = tmp_path_factory.getbasetemp() / "hf-cache"
-    monkeypatch.setenv("HF_HOME", str(cache))
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache / "datasets"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("LLAMA2FT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "llama2ft-cache"))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-    # inductor's kernel cache is not keyed by the CPU capability (ATEN_CPU_CAPABILITY): keep it per session
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "inductor"))
+    for key, value in offline_env(tmp_path_factory.getbasetemp()).items():
+        monkeypatch.setenv(key, value)
 
 
 @contextmanager
@@ -104,8 +107,9 @@ class AppResult:
 
 @contextmanager
 def _environment(env: dict | None) -> Iterator[None]:
-    """`env` set in os.environ for the block (a None value unsets the variable), restored after."""
-    saved = {k: os.environ.get(k) for k in env or {}}
+    """`env` set in os.environ for the block (a None value unsets the variable); afterwards the whole
+    environment is as before, also what the command itself set (WANDB_*, TRANSFORMERS_VERBOSITY, ...)."""
+    saved = dict(os.environ)
     try:
         for key, value in (env or {}).items():
             if value is None:
@@ -114,48 +118,142 @@ def _environment(env: dict | None) -> Iterator[None]:
                 os.environ[key] = value
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _loggers() -> list:
+    import logging
+
+    return [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                   if isinstance(lg, logging.Logger))]
+
+
+@contextmanager
+def _logging_into(out, err) -> Iterator[None]:
+    """Library loggers that write to the real stdout/stderr (transformers keeps the stream it was set up
+    with) write into `out`/`err` for the block, as they would in the command's own process; levels,
+    handlers and flags a command set (Hydra's job logging, quiet_libraries) are undone afterwards."""
+    import logging
+
+    real = {id(sys.stdout): out, id(sys.stderr): err, id(sys.__stdout__): out, id(sys.__stderr__): err}
+    saved = [(lg, lg.level, lg.disabled, lg.propagate, list(lg.handlers)) for lg in _loggers()]
+    moved = [(h, h.stream) for _, _, _, _, hs in saved for h in hs
+             if type(h) is logging.StreamHandler and id(h.stream) in real]
+    for handler, stream in moved:
+        handler.setStream(real[id(stream)])
+    try:
+        yield
+    finally:
+        for handler, stream in moved:
+            handler.setStream(stream)
+        kept = {lg: (level, disabled, propagate, handlers) for lg, level, disabled, propagate, handlers in saved}
+        for lg in _loggers():
+            for handler in lg.handlers:
+                if lg in kept and handler in kept[lg][3]:
+                    continue
+                if isinstance(handler, logging.FileHandler):  # Hydra's log file of the run ends with the run
+                    handler.close()
+                elif getattr(handler, "stream", None) in (out, err):  # made during the call: to the real stream
+                    handler.setStream(sys.stdout if handler.stream is out else sys.stderr)
+            if lg in kept:  # loggers made during the call keep what their library gave them
+                level, lg.disabled, lg.propagate, lg.handlers[:] = kept[lg]
+                lg.setLevel(level)
+
+
+# The commands the tests run use the embedded tiny model: one thread is as fast as two, and far faster when
+# the 2 cores are shared (measured with other jobs on the machine: a tiny_smoke train 4.7 s on 1 thread, 81 s on 2)
+APP_THREADS = 1
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Torch on APP_THREADS for the test's own tensor work (as run_app gives commands), restored after it:
+    test_merge + test_lora_variants took 148 s with the test process on 2 threads, 76 s on 1 (2 shared cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(APP_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
+def _global_state(threads: int) -> Iterator[None]:
+    """The command's torch threads (as OMP_NUM_THREADS gives a process), and what a command may change for its
+    whole process, restored after it: the random generators (torch, numpy, random), torch's default dtype
+    and thread count, warning filters, transformers' progress bars."""
+    import random
+    import warnings
+
+    import numpy as np
+    import torch
+
+    saved = (torch.get_rng_state(), np.random.get_state(), random.getstate(), torch.get_default_dtype(),
+             torch.get_num_threads())
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    bars = hf_logging.is_progress_bar_enabled() if hf_logging else None
+    torch.set_num_threads(threads)
+    try:
+        with warnings.catch_warnings():
+            yield
+    finally:
+        torch.set_rng_state(saved[0])
+        np.random.set_state(saved[1])
+        random.setstate(saved[2])
+        torch.set_default_dtype(saved[3])
+        torch.set_num_threads(saved[4])
+        hf_logging = sys.modules.get("transformers.utils.logging")
+        if hf_logging is not None:
+            (hf_logging.enable_progress_bar if bars is not False else hf_logging.disable_progress_bar)()
+
+
+def _exit_code(code: object, err) -> int:
+    """The exit status `sys.exit(code)` gives a process (a non-int code is printed and means 1)."""
+    if code is None or isinstance(code, int):
+        return code or 0
+    print(code, file=err)
+    return 1
 
 
 def run_app(module: str, *args: str, env: dict | None = None, cwd: Path | None = None) -> AppResult:
     """`llama2ft-<module> args...` run in this process: the command's own console entry (Hydra parses the
     arguments, composes the config, makes its run folder), with its output captured and its exit code
-    kept; no interpreter start and no second import of torch/transformers. Use `run_cli` where a real
-    process is what is tested (signals, launchers, servers)."""
+    kept; no interpreter start and no second import of torch/transformers. As in a process of its own, an
+    uncaught exception prints its traceback on stderr and exits 1, `env` holds only for the call (its
+    OMP_NUM_THREADS sets torch's threads, else APP_THREADS), and what the command changes process-wide
+    (environment, loggers, seeds, dtype, threads, cwd) is undone after it. Use `run_cli` where a real
+    process is what is tested (kill -9, signals, launchers, servers)."""
     import importlib
     import io
-    import logging
+    import traceback
     from contextlib import redirect_stderr, redirect_stdout
 
     from hydra.core.global_hydra import GlobalHydra
 
     command = importlib.import_module(f"llama2ft.{module}")
     out, err = io.StringIO(), io.StringIO()
-    root = logging.getLogger()
-    saved = (sys.argv, os.getcwd(), list(root.handlers), root.level)
-    code = 0
+    saved = (sys.argv, os.getcwd())
     GlobalHydra.instance().clear()
     try:
-        with _environment(env), redirect_stdout(out), redirect_stderr(err):
+        threads = int((env or {}).get("OMP_NUM_THREADS") or APP_THREADS)
+        with _environment(env), _global_state(threads), _logging_into(out, err), redirect_stdout(out), \
+                redirect_stderr(err):
             os.chdir(cwd or PROJECT_ROOT)
             sys.argv = [f"llama2ft-{module}", *args]
             try:
-                command.main()
+                code = _exit_code(command.main(), err)  # a console script does sys.exit(main())
             except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+                code = _exit_code(exc.code, err)
+            except Exception:  # noqa: BLE001 - an uncaught exception ends a process with its traceback
+                traceback.print_exc(file=err)
+                code = 1
     finally:
         GlobalHydra.instance().clear()
-        sys.argv, cwd_before, handlers, level = saved
+        sys.argv, cwd_before = saved
         os.chdir(cwd_before)
-        for handler in root.handlers:  # Hydra's job logging (the run's .log file) ends with the command
-            if handler not in handlers:
-                handler.close()
-        root.handlers[:] = handlers
-        root.setLevel(level)
     return AppResult(code, out.getvalue(), err.getvalue())
 
 
@@ -172,6 +270,14 @@ class TrainedRun:
     stdout: str
 
 
+def train_ok(run: Path, *overrides: str, env: dict | None = None) -> str:
+    """`llama2ft-train overrides... hydra.run.dir=run` in this process; fails the test unless it finished.
+    Returns what it printed."""
+    res = run_app("train", *overrides, f"hydra.run.dir={run}", env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
+
+
 @pytest.fixture(scope="session")
 def learned_run(tmp_path_factory) -> TrainedRun:
     """The default tiny recipe, shortened to 400 steps (0.82 held-out exact match): trained once per
@@ -180,10 +286,20 @@ def learned_run(tmp_path_factory) -> TrainedRun:
     if reuse:
         return TrainedRun(Path(reuse), "exact match after training (reused run)")
     run = tmp_path_factory.mktemp("learned") / "run"
-    res = run_app("train", "trainer.max_steps=400", "trainer.eval_steps=200", "trainer.save_steps=400",
-                  f"hydra.run.dir={run}")
-    assert res.returncode == 0, res.stderr[-3000:]
-    return TrainedRun(run, res.stdout)
+    # session fixtures are set up before the autouse per-test environment: give theirs explicitly
+    # in this process on one thread: the adapter is bit-identical to run_cli's (2 threads) and the metrics equal
+    # (checked: 82% exact match either way); under load it took 120 s instead of 702 s on 2 threads
+    stdout = train_ok(run, "trainer.max_steps=400", "trainer.eval_steps=200", "trainer.save_steps=400",
+                      env=offline_env(tmp_path_factory.getbasetemp()))
+    return TrainedRun(run, stdout)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> TrainedRun:
+    """`experiment=tiny_smoke` (10 steps of the embedded tiny model, eval at the end), trained once per
+    session: for tests that need some finished run to merge, reproduce or load. Read it, never write into it."""
+    run = tmp_path_factory.mktemp("smoke") / "run"
+    return TrainedRun(run, train_ok(run, "experiment=tiny_smoke", env=offline_env(tmp_path_factory.getbasetemp())))
 
 
 def start_app(module: str, *args: str, ready_path: str = "/") -> tuple[subprocess.Popen, str]:
@@ -218,4 +334,5 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-__all__ = ["compose", "run_cli", "run_app", "shared_file", "free_port", "start_app", "TrainedRun", "SHARED_DATA", "llama2ft"]
+__all__ = ["compose", "run_cli", "run_app", "train_ok", "offline_env", "shared_file", "free_port", "start_app",
+           "AppResult", "TrainedRun", "SHARED_DATA", "llama2ft"]

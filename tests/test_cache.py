@@ -5,14 +5,13 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_app, run_cli
 
 REUSED = "reusing the cached preprocessing"
 
 
-def prepare(tmp_path, name, *overrides, cache_dir):
-    res = run_cli("prepare", *overrides, f"hydra.run.dir={tmp_path}/{name}",
-                  env={"LLAMA2FT_CACHE_DIR": str(cache_dir)})
+def prepare(tmp_path, name, *overrides, cache_dir, runner=run_app):
+    res = runner("prepare", *overrides, f"hydra.run.dir={tmp_path}/{name}", env={"LLAMA2FT_CACHE_DIR": str(cache_dir)})
     assert res.returncode == 0, res.stderr[-2000:]
     return res
 
@@ -49,7 +48,10 @@ def test_changed_file_content_rebuilds(tmp_path):
 def test_cache_can_be_turned_off(tmp_path):
     cache_dir = tmp_path / "cache"
     prepare(tmp_path, "a", "data.cache=false", cache_dir=cache_dir)
-    assert REUSED not in prepare(tmp_path, "b", "data.cache=false", cache_dir=cache_dir).stdout
+    # the next run is another process: data.cache=false keeps a process's preprocessing in a scratch folder
+    # of that process (reused within it, e.g. by the jobs of a sweep), so in this one it would be reused
+    later = prepare(tmp_path, "b", "data.cache=false", cache_dir=cache_dir, runner=run_cli)
+    assert REUSED not in later.stdout
     assert not cache_dir.exists()
 
 
@@ -57,7 +59,7 @@ def test_cache_can_be_turned_off(tmp_path):
 def test_training_reuses_what_prepare_wrote(tmp_path):
     cache_dir = tmp_path / "cache"
     prepare(tmp_path, "p", "experiment=tiny_smoke", cache_dir=cache_dir)
-    res = run_cli("train", "experiment=tiny_smoke", f"hydra.run.dir={tmp_path}/t",
+    res = run_app("train", "experiment=tiny_smoke", f"hydra.run.dir={tmp_path}/t",
                   env={"LLAMA2FT_CACHE_DIR": str(cache_dir)})
     assert res.returncode == 0, res.stderr[-2000:]
     assert REUSED in res.stdout
@@ -67,7 +69,7 @@ def test_killed_cache_write_leaves_nothing_half_written(tmp_path):
     """kill -9 in the middle of writing the Arrow files: no entry appears, and the next run builds a
     complete one (clearing the dead run's temporary folder)."""
     cache_dir = tmp_path / "cache"
-    res = run_cli("prepare", f"hydra.run.dir={tmp_path}/a",
+    res = run_cli("prepare", f"hydra.run.dir={tmp_path}/a",  # a process of its own: it SIGKILLs itself
                   env={"LLAMA2FT_CACHE_DIR": str(cache_dir), "LLAMA2FT_KILL_AT": "data-batch"})
     assert res.returncode == -9, res.stderr[-2000:]
     leftovers = list(cache_dir.iterdir())

@@ -8,7 +8,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from conftest import compose, composer, run_cli
+from conftest import compose, composer, run_app
 from llama2ft import CONFIG_DIR
 from llama2ft.config.validation import collect_problems, validate
 from llama2ft.core.errors import ConfigError
@@ -127,7 +127,7 @@ def test_each_value_check(override, needle):
 
 
 def test_cli_reports_config_errors_without_traceback(tmp_path):
-    res = run_cli("train", "quant=nf4", "lora.dropout=2", "lora.r=0", "trainer.learning_rate=-1",
+    res = run_app("train", "quant=nf4", "lora.dropout=2", "lora.r=0", "trainer.learning_rate=-1",
                   f"hydra.run.dir={tmp_path}/run")
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr + res.stdout
@@ -136,7 +136,7 @@ def test_cli_reports_config_errors_without_traceback(tmp_path):
 
 
 def test_cli_unknown_key_without_traceback(tmp_path):
-    res = run_cli("train", "lora.rank=8", f"hydra.run.dir={tmp_path}/run")
+    res = run_app("train", "lora.rank=8", f"hydra.run.dir={tmp_path}/run")
     assert res.returncode != 0
     assert "Traceback" not in res.stderr
     assert "rank" in res.stderr

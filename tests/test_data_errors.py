@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import compose, run_cli
+from conftest import compose, run_app
 from llama2ft.core.errors import DataError
 from llama2ft.data.pipeline import check_inputs, prepare_data
 from llama2ft.data.templates import get_template
@@ -80,7 +80,7 @@ def test_bom_extra_columns_and_long_rows_just_work(tmp_path, tokenizer):
 
 
 def test_prepare_cli_writes_stats(tmp_path):
-    res = run_cli("prepare", f"hydra.run.dir={tmp_path}/run")
+    res = run_app("prepare", f"hydra.run.dir={tmp_path}/run")
     assert res.returncode == 0, res.stderr
     stats = json.loads((tmp_path / "run" / "data_stats.json").read_text())
     for key in ("rows", "rows_skipped", "turns", "tokens", "trained_tokens", "truncated_rows", "max_len"):
@@ -97,7 +97,7 @@ def test_cli_bad_input_one_line_no_traceback(tmp_path, case):
         write_csv(path, [GOOD], encoding="gbk")
     elif case == "bad row":
         write_csv(path, [GOOD, GOOD, "<s>Human: 没有回答\n</s>"])
-    res = run_cli("train", "data=csv", f"data.train_file={path}", f"hydra.run.dir={tmp_path}/run")
+    res = run_app("train", "data=csv", f"data.train_file={path}", f"hydra.run.dir={tmp_path}/run")
     assert res.returncode == 2
     assert "Traceback" not in res.stderr + res.stdout
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]

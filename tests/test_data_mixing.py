@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import compose, run_cli
+from conftest import compose, run_app
 from llama2ft.config.validation import collect_problems
 from llama2ft.core.errors import DataError
 from llama2ft.data.pipeline import check_inputs, prepare_data
@@ -101,7 +101,7 @@ def test_skip_bad_rows_skips_json_lines(tmp_path, tokenizer):
 
 def test_cli_bad_jsonl_one_line_before_the_model(tmp_path):
     path = make(tmp_path, "malformed json line 7")
-    res = run_cli("train", "data=csv", f"data.train_file={path}", f"hydra.run.dir={tmp_path}/run")
+    res = run_app("train", "data=csv", f"data.train_file={path}", f"hydra.run.dir={tmp_path}/run")
     assert res.returncode == 2 and "Traceback" not in res.stderr + res.stdout
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"{path} line 7: malformed JSON" in errors[0], res.stderr
@@ -141,7 +141,7 @@ def test_weights_count_rows_per_epoch(tmp_path, tokenizer):
     assert prepared.stats["rows"] == 23
     files = prepared.stats["files"]
     assert [(f["rows"], f["weight"], f["rows_per_epoch"]) for f in files] == [(10, 2.0, 20), (6, 0.5, 3)]
-    written = write_preview(prepared.preview, tmp_path).read_text(encoding="utf-8").splitlines()
+    written = write_preview(prepared.preview, tmp_path / "preview.jsonl").read_text(encoding="utf-8").splitlines()
     assert {json.loads(line)["file"] for line in written} <= {files[0]["file"], files[1]["file"]}
     assert files[0]["file"] in describe_first(tokenizer, prepared.preview)
     again = train_questions(mixed(tmp_path, tokenizer, "[2,0.5]"), tokenizer)

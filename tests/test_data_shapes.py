@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import compose, run_cli
+from conftest import compose, run_app
 from llama2ft.data.dialogue import Turn, format_dialogue
 from llama2ft.data.pipeline import prepare_data
 from llama2ft.data.records import iter_records
@@ -160,7 +160,7 @@ def test_eval_file_and_held_out_rows_from_json(tmp_path, tokenizer):
     dev = write(tmp_path / "dev.json", [openai(*d) for d in DIALOGUES[:2]])
     cfg = compose(["data=csv", f"data.train_file={train}", f"data.eval_file={dev}", "data.cache=false"])
     prepared = prepare_data(cfg.data, get_template("human_assistant"), tokenizer, 0)
-    assert prepared.stats["eval"]["rows"] == 2 and prepared.eval_dialogues[1] == turns_of(DIALOGUES[1][1])
+    assert prepared.stats["eval"]["rows"] == 2 and prepared.examples[1] == turns_of(DIALOGUES[1][1])
     held = prepare(train, tokenizer, "data.eval_fraction=0.25")
     assert held.stats["rows"] == 9 and held.stats["eval"]["rows"] == 3
 
@@ -169,13 +169,13 @@ def test_eval_file_and_held_out_rows_from_json(tmp_path, tokenizer):
 def test_prepare_and_train_on_sharegpt_jsonl(tmp_path):
     rows = [sharegpt(None, [(f"{a}加{b}等于几？", f"{a + b}")]) for a in range(6) for b in range(6)]
     path = write(tmp_path / "train.jsonl", rows)
-    res = run_cli("prepare", "data=csv", f"data.train_file={path}", f"hydra.run.dir={tmp_path}/prep")
+    res = run_app("prepare", "data=csv", f"data.train_file={path}", f"hydra.run.dir={tmp_path}/prep")
     assert res.returncode == 0, res.stderr[-2000:]
     stats = json.loads((tmp_path / "prep" / "data_stats.json").read_text())
     assert stats["rows"] + stats["eval"]["rows"] == 36 and stats["files"][0]["rows"] == 36
     first = json.loads((tmp_path / "prep" / "preview.jsonl").read_text().splitlines()[0])
     assert first["split"] == "train" and -100 in first["labels"] and set(first["labels"]) != {-100}
-    res = run_cli("train", "experiment=tiny_smoke", "data=csv", f"data.train_file={path}",
+    res = run_app("train", "experiment=tiny_smoke", "data=csv", f"data.train_file={path}",
                   f"hydra.run.dir={tmp_path}/run")
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

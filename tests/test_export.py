@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED_DATA, run_cli
+from conftest import SHARED_DATA, AppResult, run_app
 from llama2ft import PROJECT_ROOT
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, shared cores
 
 gguf = pytest.importorskip("gguf", reason="the gguf package (pip install 'llama2ft[export]') is not installed")
 
@@ -65,9 +67,8 @@ def import_llama_cpp():
                                                    "from ../shared/wheels when that folder exists)")
 
 
-def export(source: Path, output: Path, *args: str):
-    return run_cli("export", "format=gguf", f"source={source}", f"output={output}", *args,
-                   env={"OMP_NUM_THREADS": "1"})
+def export(source: Path, output: Path, *args: str) -> AppResult:
+    return run_app("export", "format=gguf", f"source={source}", f"output={output}", *args)
 
 
 def export_ok(source: Path, output: Path, *args: str) -> "gguf.GGUFReader":

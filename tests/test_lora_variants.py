@@ -11,9 +11,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose, run_cli
+from conftest import compose, offline_env, run_app, train_ok
 from llama2ft.config.validation import collect_problems
 from llama2ft.model.lora import apply_lora
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, shared cores
 
 IDS = [[1, 400, 500, 60, 70, 12, 42], [1, 300, 301, 302]]
 
@@ -72,7 +74,7 @@ def test_pissa_with_dora_and_variants_without_adapter_are_refused():
 
 
 def test_bad_variant_reaches_the_user_as_one_error_block(tmp_path):
-    res = run_cli("train", "experiment=tiny_smoke", "lora.init=pissa", "quant=nf4", f"hydra.run.dir={tmp_path}/r")
+    res = run_app("train", "experiment=tiny_smoke", "lora.init=pissa", "quant=nf4", f"hydra.run.dir={tmp_path}/r")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "lora.init=pissa with quant=nf4" in res.stderr
     assert not (tmp_path / "r" / "base_model").exists()  # refused before any model was built
@@ -181,19 +183,32 @@ VARIANTS = {
 }
 
 
+# the PiSSA run saves every 5 steps: the variant test reads checkpoint-10, the resume test starts from checkpoint-5
+PISSA = ["experiment=tiny_smoke", *VARIANTS["pissa"], "trainer.save_steps=5"]
+
+
+@pytest.fixture(scope="module")
+def pissa_run(tmp_path_factory) -> Path:
+    """The PiSSA variant's run, trained once for the variant test and the resume test (both only read it)."""
+    run = tmp_path_factory.mktemp("pissa") / "full"
+    train_ok(run, *PISSA, env=offline_env(tmp_path_factory.getbasetemp()))
+    return run
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_variant_trains_and_merges_within_tolerance(tmp_path, name):
+def test_variant_trains_and_merges_within_tolerance(tmp_path, name, request):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     run, out = tmp_path / "run", tmp_path / "merged"
-    res = run_cli("train", "experiment=tiny_smoke", *VARIANTS[name], f"hydra.run.dir={run}",
-                  env={"OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stderr[-3000:]
+    if name == "pissa":
+        run = request.getfixturevalue("pissa_run")
+    else:
+        train_ok(run, "experiment=tiny_smoke", *VARIANTS[name])
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train_loss"] > 0 and metrics["steps_this_run"] == 10
-    res = run_cli("merge", f"run={run}", f"output={out}", env={"OMP_NUM_THREADS": "1"})
+    res = run_app("merge", f"run={run}", f"output={out}")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "verified: max |logit diff|" in res.stdout
 
@@ -214,18 +229,15 @@ def test_variant_trains_and_merges_within_tolerance(tmp_path, name):
 
 
 @pytest.mark.slow
-def test_resumed_pissa_run_saves_the_same_converted_adapter(tmp_path):
+def test_resumed_pissa_run_saves_the_same_converted_adapter(pissa_run, tmp_path):
     """Resuming rebuilds the PiSSA residual and the initial adapter: the converted adapter equals the
     uninterrupted run's."""
     from safetensors.torch import load_file
 
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
-    common = ["experiment=tiny_smoke", "lora.init=pissa", "trainer.save_steps=5"]
-    assert run_cli("train", *common, f"hydra.run.dir={full}", env={"OMP_NUM_THREADS": "1"}).returncode == 0
+    full, resumed = pissa_run, tmp_path / "resumed"
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copytree(full / "checkpoints" / "checkpoint-5", resumed / "checkpoints" / "checkpoint-5")
-    res = run_cli("train", *common, "trainer.resume=true", f"hydra.run.dir={resumed}", env={"OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stderr[-3000:]
+    train_ok(resumed, *PISSA, "trainer.resume=true")
     assert json.loads((resumed / "metrics.json").read_text())["steps_this_run"] == 5
     a = load_file(str(full / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(resumed / "adapter" / "adapter_model.safetensors"))

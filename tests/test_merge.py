@@ -5,38 +5,32 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import run_cli
+from conftest import AppResult, TrainedRun, offline_env, run_app, run_cli, train_ok
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, shared cores
 
 IDS = [[1, 400, 500, 600, 700, 12, 42], [1, 300, 301, 302]]
 
 
 # ---------------------------------------------------------------- helpers
-def train_run(run: Path, *overrides: str) -> Path:
-    res = run_cli("train", "experiment=tiny_smoke", *overrides, f"hydra.run.dir={run}",
-                  env={"OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stderr[-3000:]
-    return run
+def merge(*args: str, env: dict | None = None) -> AppResult:
+    return run_app("merge", *args, env=env)
 
 
-def merge(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return run_cli("merge", *args, env={"OMP_NUM_THREADS": "1", **(env or {})})
-
-
-def merge_ok(*args: str) -> subprocess.CompletedProcess:
-    res = merge(*args)
+def merge_ok(*args: str, env: dict | None = None) -> AppResult:
+    res = merge(*args, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "verified: max |logit diff|" in res.stdout
     return res
 
 
-def assert_user_error(res: subprocess.CompletedProcess, *needles: str) -> str:
+def assert_user_error(res: AppResult, *needles: str) -> str:
     assert res.returncode == 2, (res.stdout[-2000:], res.stderr[-2000:])
     assert "Traceback" not in res.stderr
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
@@ -97,14 +91,15 @@ def random_adapter(base: Path, out: Path, targets: list[str], save: list[str], s
 
 # ---------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    return train_run(tmp_path_factory.mktemp("merge") / "run")
+def tiny_run(smoke_run: TrainedRun) -> Path:
+    """The session's shared tiny_smoke run (read only: merges write elsewhere)."""
+    return smoke_run.path
 
 
 @pytest.fixture(scope="session")
 def merged(tiny_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("merged") / "tiny-chat"
-    merge_ok(f"run={tiny_run}", f"output={out}", "max_shard_size=1MB")
+    merge_ok(f"run={tiny_run}", f"output={out}", "max_shard_size=1MB", env=offline_env(tmp_path_factory.getbasetemp()))
     return out
 
 
@@ -217,7 +212,8 @@ def test_resized_embeddings_and_lora_on_the_head(tiny_run, tmp_path):
 
 @pytest.mark.slow
 def test_nf4_adapter_merges_into_full_precision_base(tmp_path):
-    run = train_run(tmp_path / "nf4", "quant=nf4", "trainer.max_steps=3")
+    run = tmp_path / "nf4"
+    train_ok(run, "experiment=tiny_smoke", "quant=nf4", "trainer.max_steps=3")
     out = tmp_path / "merged"
     merge_ok(f"run={run}", f"output={out}")
     ref = logits(reference(run / "base_model", [run / "adapter"]))
@@ -242,8 +238,8 @@ def test_refuses_to_overwrite_then_overwrite_replaces(tiny_run, tmp_path):
 @pytest.mark.slow
 def test_killed_merge_leaves_no_output_and_next_run_cleans_up(tiny_run, tmp_path):
     out = tmp_path / "out"
-    res = merge(f"run={tiny_run}", f"output={out}", "max_shard_size=1MB",
-                env={"LLAMA2FT_MERGE_KILL_AFTER_SHARDS": "1"})
+    res = run_cli("merge", f"run={tiny_run}", f"output={out}", "max_shard_size=1MB",  # it SIGKILLs itself
+                  env={"OMP_NUM_THREADS": "1", "LLAMA2FT_MERGE_KILL_AFTER_SHARDS": "1"})
     assert res.returncode == -signal.SIGKILL
     assert not out.exists()
     stale = [p.name for p in tmp_path.iterdir()]

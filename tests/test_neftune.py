@@ -2,12 +2,15 @@
 evaluation during training, and the model afterwards (generation, saving), see clean embeddings."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conftest import compose
 from llama2ft.data.collators import PadCollator
 from llama2ft.model.lora import apply_lora
 from llama2ft.training.arguments import training_arguments
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, shared cores
 
 PROBE = torch.tensor([[1, 40, 50, 60, 70, 80, 90, 2]])
 

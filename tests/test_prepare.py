@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from conftest import compose, run_cli
+from conftest import compose, run_app
 from llama2ft import PROJECT_ROOT
 from llama2ft.data.collators import PackedCollator, PadCollator
 from llama2ft.data.csv_reader import read_column
@@ -17,6 +17,8 @@ from llama2ft.data.packing import pack_columns
 from llama2ft.data.dialogue import parse_dialogue
 from llama2ft.data.pipeline import prepare_data
 from llama2ft.data.templates import IGNORE_INDEX, encode_dialogue, get_template
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, shared cores
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 
@@ -27,7 +29,7 @@ def prepared(tokenizer, *overrides, cache_dir):
 
 
 def test_prepare_writes_the_preview_and_shows_what_is_learned(tmp_path, tokenizer):
-    res = run_cli("prepare", f"hydra.run.dir={tmp_path}/run", "data.preview_rows=3")
+    res = run_app("prepare", f"hydra.run.dir={tmp_path}/run", "data.preview_rows=3")
     assert res.returncode == 0, res.stderr[-2000:]
     lines = [json.loads(line) for line in (tmp_path / "run" / "preview.jsonl").read_text().splitlines()]
     assert [(p["split"], p["row"]) for p in lines] == [("train", 1), ("train", 2), ("train", 3),
@@ -61,7 +63,7 @@ def test_splits_are_memory_mapped_and_reused(tmp_path, tokenizer, capsys):
                      cache_dir=tmp_path / "cache")
     assert "reusing the cached preprocessing" in capsys.readouterr().out
     assert again.train[:]["input_ids"] == first.train[:]["input_ids"] and again.stats == first.stats
-    assert len(again.eval_dialogues) == 100
+    assert len(again.examples) == 100
 
 
 def tiny_lora_model():

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import compose, run_cli
+from conftest import compose, offline_env, run_app, train_ok
 from llama2ft.config.validation import collect_problems
 from llama2ft.model.rope import apply_rope_scaling
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, shared cores
 
 DIGITS = "零一二三四五六七八九"
 
@@ -64,7 +66,7 @@ def test_positions_of_a_local_base_are_read_without_loading_it(tmp_path):
 
 
 def test_too_long_context_is_refused_before_the_model_is_built(tmp_path):
-    res = run_cli("train", "experiment=tiny_smoke", "data.max_seq_len=512", f"hydra.run.dir={tmp_path}/r")
+    res = run_app("train", "experiment=tiny_smoke", "data.max_seq_len=512", f"hydra.run.dir={tmp_path}/r")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "data.max_seq_len=512 exceeds the model's 256 positions" in res.stderr
     assert not (tmp_path / "r" / "base_model").exists()
@@ -121,18 +123,18 @@ def rope_run(tmp_path_factory) -> tuple[Path, str]:
     """The tiny model with only 64 positions, trained on 200-token rows with linear x4 scaling."""
     tmp = tmp_path_factory.mktemp("rope")
     data = long_rows_csv(tmp / "long.csv", 16, 220)
-    res = run_cli("train", "experiment=tiny_smoke", "data=csv", f"data.train_file={data}", "data.eval_file=null",
-                  "data.format=raw", "data.max_seq_len=200", "model.init.max_position_embeddings=64",
-                  "model.rope_scaling={rope_type:linear,factor:4}", "trainer.max_steps=4",
-                  "trainer.per_device_train_batch_size=4", f"hydra.run.dir={tmp / 'run'}", env={"OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stderr[-3000:]
-    return tmp / "run", res.stdout
+    stdout = train_ok(tmp / "run", "experiment=tiny_smoke", "data=csv", f"data.train_file={data}",
+                      "data.eval_file=null", "data.format=raw", "data.max_seq_len=200",
+                      "model.init.max_position_embeddings=64", "model.rope_scaling={rope_type:linear,factor:4}",
+                      "trainer.max_steps=4", "trainer.per_device_train_batch_size=4",
+                      env=offline_env(tmp_path_factory.getbasetemp()))  # set up before the per-test environment
+    return tmp / "run", stdout
 
 
 @pytest.fixture(scope="module")
-def rope_merged(rope_run) -> Path:
+def rope_merged(rope_run, tmp_path_factory) -> Path:
     out = rope_run[0].parent / "merged"
-    res = run_cli("merge", f"run={rope_run[0]}", f"output={out}", env={"OMP_NUM_THREADS": "1"})
+    res = run_app("merge", f"run={rope_run[0]}", f"output={out}", env=offline_env(tmp_path_factory.getbasetemp()))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "verified: max |logit diff|" in res.stdout
     return out
@@ -185,7 +187,7 @@ def test_chat_loads_a_scaled_run_with_its_scaling(rope_run):
 def test_gguf_export_carries_the_scaling(rope_merged, tmp_path):
     gguf = pytest.importorskip("gguf")
     out = tmp_path / "m.gguf"
-    res = run_cli("export", f"source={rope_merged}", f"output={out}", "quant=f32", env={"OMP_NUM_THREADS": "1"})
+    res = run_app("export", f"source={rope_merged}", f"output={out}", "quant=f32")
     assert res.returncode == 0, res.stderr[-3000:]
     fields = gguf.GGUFReader(str(out)).fields
     assert fields["llama.rope.scaling.type"].contents() == "linear"
@@ -215,7 +217,7 @@ def test_dynamic_scaling_is_not_exported_to_gguf(rope_merged, tmp_path):
     cfg = json.loads((src / "config.json").read_text())
     cfg["rope_parameters"] = {"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0}
     (src / "config.json").write_text(json.dumps(cfg))
-    res = run_cli("export", f"source={src}", f"output={tmp_path / 'd.gguf'}", env={"OMP_NUM_THREADS": "1"})
+    res = run_app("export", f"source={src}", f"output={tmp_path / 'd.gguf'}")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "RoPE scaling 'dynamic', which llama.cpp (GGUF) does not have" in res.stderr
     assert not (tmp_path / "d.gguf").exists()
@@ -226,13 +228,11 @@ def test_trains_past_4096_positions(tmp_path):
     """Above Llama-2's 4,096: a 2-layer tiny model with 2,048 positions, yarn x4, rows of 4,608 tokens."""
     data = long_rows_csv(tmp_path / "long.csv", 3, 4700)
     run = tmp_path / "run"
-    res = run_cli("train", "experiment=tiny_smoke", "data=csv", f"data.train_file={data}", "data.eval_file=null",
-                  "data.format=raw", "data.max_seq_len=4608", "model.init.max_position_embeddings=2048",
-                  "model.init.num_hidden_layers=2", "model.rope_scaling={rope_type:yarn,factor:4}",
-                  "trainer.max_steps=2", "trainer.per_device_train_batch_size=1", f"hydra.run.dir={run}",
-                  env={"OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "rope scaling: yarn x4.0" in res.stdout
+    stdout = train_ok(run, "experiment=tiny_smoke", "data=csv", f"data.train_file={data}", "data.eval_file=null",
+                      "data.format=raw", "data.max_seq_len=4608", "model.init.max_position_embeddings=2048",
+                      "model.init.num_hidden_layers=2", "model.rope_scaling={rope_type:yarn,factor:4}",
+                      "trainer.max_steps=2", "trainer.per_device_train_batch_size=1")
+    assert "rope scaling: yarn x4.0" in stdout
     assert json.loads((run / "data_stats.json").read_text())["max_len"] == 4608
     assert json.loads((run / "metrics.json").read_text())["num_input_tokens_seen"] >= 2 * 4608
 
@@ -243,9 +243,9 @@ def test_merge_from_paths_takes_the_scaling(rope_run, tmp_path):
 
     run = rope_run[0]
     out = tmp_path / "m"
-    res = run_cli("merge", f"base={run / 'base_model'}", f"adapters=[{run / 'adapter'}]", f"output={out}",
-                  "rope_scaling={rope_type:linear,factor:4}", env={"OMP_NUM_THREADS": "1"})
+    res = run_app("merge", f"base={run / 'base_model'}", f"adapters=[{run / 'adapter'}]", f"output={out}",
+                  "rope_scaling={rope_type:linear,factor:4}")
     assert res.returncode == 0, res.stderr[-3000:]
     assert AutoConfig.from_pretrained(str(out)).rope_parameters["factor"] == 4.0
-    res = run_cli("merge", f"run={run}", f"output={tmp_path / 'n'}", "rope_scaling={rope_type:linear,factor:4}")
+    res = run_app("merge", f"run={run}", f"output={tmp_path / 'n'}", "rope_scaling={rope_type:linear,factor:4}")
     assert res.returncode == 2 and "a run= merge uses the run's model.rope_scaling" in res.stderr

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import run_cli
+from conftest import TrainedRun, run_app, run_cli
 from llama2ft import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ def summary(sweep_dir):
 
 def test_two_by_two_sweep_summary_and_rerun_skips(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    res = run_cli("train", *SWEEP, f"hydra.sweep.dir={sweep_dir}")
+    res = run_app("train", *SWEEP, f"hydra.sweep.dir={sweep_dir}")  # Hydra runs the 4 jobs one after the other
     assert res.returncode == 0, res.stderr[-2000:]
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
     rows = summary(sweep_dir)
@@ -37,21 +37,20 @@ def test_two_by_two_sweep_summary_and_rerun_skips(tmp_path):
     assert "| run | status |" in (sweep_dir / "sweep_summary.md").read_text(encoding="utf-8")
 
     stamp = (sweep_dir / "0" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
-    again = run_cli("train", *SWEEP, f"hydra.sweep.dir={sweep_dir}")
+    again = run_app("train", *SWEEP, f"hydra.sweep.dir={sweep_dir}")
     assert again.returncode == 0
     assert again.stdout.count("already completed with this config, skipping") == 4
     assert (sweep_dir / "0" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
 
     (sweep_dir / "sweep_summary.csv").unlink()
-    rebuilt = subprocess.run([sys.executable, "-m", "llama2ft.sweep", str(sweep_dir)], capture_output=True,
-                             text=True, cwd=PROJECT_ROOT)
+    rebuilt = run_app("sweep", str(sweep_dir))  # llama2ft-sweep-summary
     assert rebuilt.returncode == 0 and summary(sweep_dir) == rows
 
 
 def test_a_bad_run_fails_alone(tmp_path):
     sweep_dir = tmp_path / "sweep"
     good = PROJECT_ROOT / "data" / "sample" / "train.csv"
-    res = run_cli("train", "-m", "experiment=tiny_smoke", f"data.train_file={good},{tmp_path}/missing.csv",
+    res = run_app("train", "-m", "experiment=tiny_smoke", f"data.train_file={good},{tmp_path}/missing.csv",
                   f"hydra.sweep.dir={sweep_dir}")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "Traceback" not in res.stderr
@@ -61,9 +60,10 @@ def test_a_bad_run_fails_alone(tmp_path):
 
 def test_killed_sweep_resumes_and_completes(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    args = ["-m", "experiment=tiny_smoke", "trainer.max_steps=120", "trainer.save_steps=20",
+    # killed once checkpoint-20 is written (polled every 50 ms): 20 more steps (~1 s or more) keep it unfinished
+    args = ["-m", "experiment=tiny_smoke", "trainer.max_steps=40", "trainer.save_steps=20",
             "trainer.eval_steps=1000", "lora=r8,r16", f"hydra.sweep.dir={sweep_dir}"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # a process of its own: kill -9
     proc = subprocess.Popen([sys.executable, "-m", "llama2ft.train", *args], cwd=PROJECT_ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = sweep_dir / "0" / "checkpoints" / "checkpoint-20" / "trainer_state.json"
@@ -74,11 +74,11 @@ def test_killed_sweep_resumes_and_completes(tmp_path):
     proc.wait()
     assert ckpt.exists() and not (sweep_dir / "0" / "metrics.json").exists()
 
-    res = run_cli("train", *args)
+    res = run_app("train", *args)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "resuming from" in res.stdout
     assert [r["status"] for r in summary(sweep_dir)] == ["completed", "completed"]
-    again = run_cli("train", *args)  # the resumed run counts as completed with the same config
+    again = run_app("train", *args)  # the resumed run counts as completed with the same config
     assert again.returncode == 0 and again.stdout.count("already completed with this config, skipping") == 2
 
 
@@ -86,7 +86,7 @@ def test_optuna_search_of_three_trials(tmp_path):
     import yaml
 
     sweep_dir = tmp_path / "optuna"
-    res = run_cli("train", "hparams_search=optuna", "experiment=tiny_smoke", "hydra.sweeper.n_trials=3",
+    res = run_app("train", "hparams_search=optuna", "experiment=tiny_smoke", "hydra.sweeper.n_trials=3",
                   f"hydra.sweep.dir={sweep_dir}")
     assert res.returncode == 0, res.stderr[-2000:]
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
@@ -96,10 +96,9 @@ def test_optuna_search_of_three_trials(tmp_path):
     assert set(results["best_params"]) == {"trainer.learning_rate", "lora.r", "lora.alpha", "lora.dropout"}
 
 
-def test_a_run_reproduces_exactly_from_its_folder(tmp_path):
-    first, second = tmp_path / "first", tmp_path / "second"
-    assert run_cli("train", "experiment=tiny_smoke", f"hydra.run.dir={first}").returncode == 0
-    res = run_cli("train", "--config-path", str(first), "--config-name", "config", f"hydra.run.dir={second}")
+def test_a_run_reproduces_exactly_from_its_folder(smoke_run: TrainedRun, tmp_path):
+    first, second = smoke_run.path, tmp_path / "second"  # first: the session's `experiment=tiny_smoke` run
+    res = run_app("train", "--config-path", str(first), "--config-name", "config", f"hydra.run.dir={second}")
     assert res.returncode == 0, res.stderr[-2000:]
     name = "adapter/adapter_model.safetensors"
     assert (first / name).read_bytes() == (second / name).read_bytes()  # bit-identical on CPU
@@ -108,8 +107,9 @@ def test_a_run_reproduces_exactly_from_its_folder(tmp_path):
 def test_sweep_under_accelerate_keeps_ranks_together(tmp_path):
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    # two processes on the 2 cores: one thread each (with 2 each, they wait on each other's threads)
     res = run_cli("train", "-m", "experiment=tiny_smoke", "trainer.max_steps=4", "lora=r8,r16", cwd=tmp_path,
-                  launcher=accelerate)
+                  launcher=accelerate, env={"OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-2000:]
     sweeps = list((tmp_path / "outputs" / "train" / "multirun").iterdir())
     assert len(sweeps) == 1  # both ranks agreed on one sweep folder

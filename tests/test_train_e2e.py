@@ -39,14 +39,6 @@ def train(run: Path, *overrides: str, **kwargs):
     return res
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> Path:
-    """One `experiment=tiny_smoke` run, shared by the tests that only read it."""
-    run = tmp_path_factory.mktemp("smoke") / "run"
-    train(run, *SMOKE)
-    return run
-
-
 def test_default_run_learns(learned_run):
     """The default recipe, shortened: greedy exact match on held-out questions goes up."""
     run = learned_run.path
@@ -65,7 +57,7 @@ def test_adapter_loads_with_stock_peft(smoke_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    run = smoke_run
+    run = smoke_run.path
     config = json.loads((run / "adapter" / "adapter_config.json").read_text())
     base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
     model = PeftModel.from_pretrained(base, run / "adapter")
@@ -76,10 +68,10 @@ def test_adapter_loads_with_stock_peft(smoke_run):
 
 def test_same_seed_same_adapter(smoke_run, tmp_path):
     train(tmp_path / "b", *SMOKE)
-    assert_same_adapter(smoke_run, tmp_path / "b")
+    assert_same_adapter(smoke_run.path, tmp_path / "b")
     train(tmp_path / "c", *SMOKE, "trainer.seed=7")
     with pytest.raises(AssertionError):
-        assert_same_adapter(smoke_run, tmp_path / "c")
+        assert_same_adapter(smoke_run.path, tmp_path / "c")
 
 
 @pytest.mark.parametrize("quant", ["nf4", "int8"])
@@ -105,7 +97,7 @@ def test_full_fine_tuning_saves_a_model(tmp_path):
 
 
 def test_refuses_to_overwrite_a_finished_run(smoke_run):
-    run = smoke_run
+    run = smoke_run.path
     before = (run / "adapter" / "adapter_model.safetensors").read_bytes()
     res = run_app("train", *SMOKE, f"hydra.run.dir={run}")
     assert res.returncode == 2 and "already holds a finished run" in res.stderr

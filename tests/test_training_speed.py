@@ -1,14 +1,16 @@
 """Training speed settings: Liger kernels, gradient checkpointing only when a step would not fit, torch.compile
-and the packed-row attention; what the recipe hands the Trainer, and the config errors."""
+and the packed-row attention; what the training skeleton hands the Trainer, and the config errors."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from conftest import compose, run_cli
+from conftest import compose, run_app
 from llama2ft.config.validation import collect_problems
 from llama2ft.model import attention, kernels
 from llama2ft.model.memory import GIB, Shape, layer_activation_elements, lora_parameters, plan_checkpointing
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, shared cores
 
 LLAMA_7B = Shape(hidden=4096, intermediate=11008, layers=32, kv_hidden=4096, vocab=32000)
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -69,7 +71,7 @@ def test_kernel_and_checkpointing_config_errors(monkeypatch):
 
 
 def test_cli_rejects_liger_on_cpu_before_loading_a_model(tmp_path):
-    res = run_cli("train", "experiment=tiny_smoke", "trainer.kernels=liger", f"hydra.run.dir={tmp_path}/run")
+    res = run_app("train", "experiment=tiny_smoke", "trainer.kernels=liger", f"hydra.run.dir={tmp_path}/run")
     assert res.returncode == 2, res.stderr[-2000:]
     assert "Traceback" not in res.stderr + res.stdout
     assert "trainer.kernels=liger: Liger's Triton kernels need a CUDA GPU" in res.stderr
@@ -80,13 +82,14 @@ class _Stop(Exception):
     pass
 
 
-def test_recipe_hands_the_speed_settings_to_the_trainer(tmp_path, monkeypatch):
+def test_the_skeleton_hands_the_speed_settings_to_the_trainer(tmp_path, monkeypatch):
     """kernels, gradient checkpointing and compile reach TrainingArguments; the decision is logged."""
     import transformers
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from llama2ft.training import recipe, speed
+    from llama2ft.training import pipeline, speed
+    from llama2ft.training.methods import get_method
 
     seen = {}
 
@@ -108,7 +111,7 @@ def test_recipe_hands_the_speed_settings_to_the_trainer(tmp_path, monkeypatch):
         out = tmp_path / f"run{len(seen)}"
         out.mkdir()
         with pytest.raises(_Stop):
-            recipe.run_training(cfg, out, resume=False)
+            pipeline.run_training(cfg, get_method("sft"), out, resume=False)
         args = seen["args"]
         assert (args.use_liger_kernel, args.activation_checkpointing, args.torch_compile) == (liger, ckpt, compiled)
     assert "gradient checkpointing: off (auto:" in "\n".join(plan.message for plan in [

@@ -10,9 +10,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose, run_cli, shared_file
+from conftest import compose, run_app, run_cli, shared_file, train_ok
 from llama2ft import CONFIG_DIR, PROJECT_ROOT
 from llama2ft.core.errors import UserError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, shared cores
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 ROUND_TRIP = ["请用中文写出数字 4046。", "四千零四十六用阿拉伯数字怎么写？", "你好，世界！Hello, world.",
@@ -163,11 +165,12 @@ def test_killed_before_publishing_keeps_the_old_output(extended, tmp_path):
     shutil.copytree(extended, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     args = [f"corpus={SAMPLE / 'train.csv'}", "vocab_size=2176", f"output={out}", "overwrite=true"]
+    # a process of its own: it SIGKILLs itself
     res = run_cli("vocab", *args, env={"OMP_NUM_THREADS": "1", "LLAMA2FT_KILL_AT": "before-publish"})
     assert res.returncode == -9, res.stderr[-2000:]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ext.tmp-")]
-    res = run_cli("vocab", *args, env={"OMP_NUM_THREADS": "1"})
+    res = run_app("vocab", *args)
     assert res.returncode == 0, res.stderr[-2000:]
     assert len(load_tok(out)) == 2176 and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
@@ -176,7 +179,7 @@ def test_cli_errors_without_traceback(tmp_path):
     (tmp_path / "empty.csv").write_text("", encoding="utf-8")
     for args, needle in ([f"corpus={tmp_path / 'empty.csv'}", "vocab_size=4096"], "is empty"), \
                         ([f"corpus={SAMPLE / 'train.csv'}", "vocab_size=1000"], "must be larger than"):
-        res = run_cli("vocab", *args, f"output={tmp_path / 'out'}", env={"OMP_NUM_THREADS": "1"})
+        res = run_app("vocab", *args, f"output={tmp_path / 'out'}")
         assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
         errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and needle in errors[0], res.stderr
@@ -219,22 +222,19 @@ def test_pretrain_raw_then_sft_then_merge_with_an_extended_vocabulary(extended, 
     from llama2ft.model.tiny import build_tiny_base
 
     base = Path(build_tiny_base(compose().model.init, tokenizer, tmp_path / "base"))
-    env = {"OMP_NUM_THREADS": "1"}
 
     def train(run: Path, *overrides: str) -> str:
-        res = run_cli("train", "experiment=tiny_smoke", f"hydra.run.dir={run}", *overrides, env=env)
-        assert res.returncode == 0, res.stderr[-3000:]
-        return res.stdout
+        return train_ok(run, "experiment=tiny_smoke", *overrides)
 
     def merge(run: Path, out: Path) -> None:
-        res = run_cli("merge", f"run={run}", f"output={out}", "dtype=float32", env=env)
+        res = run_app("merge", f"run={run}", f"output={out}", "dtype=float32")
         assert res.returncode == 0 and "verified" in res.stdout, res.stderr[-3000:]
 
     out = train(tmp_path / "pt", f"model.name_or_path={base}", f"model.tokenizer={extended}", "data.format=raw",
                 "lora.modules_to_save=[]")
     assert "embeddings and head resized to 2304 rows" in out
     assert "lora.modules_to_save += ['embed_tokens', 'lm_head']" in out
-    chat = run_cli("chat", f"run={tmp_path / 'pt'}", "prompt='数字'", "max_new_tokens=4", "temperature=0", env=env)
+    chat = run_app("chat", f"run={tmp_path / 'pt'}", "prompt='数字'", "max_new_tokens=4", "temperature=0")
     assert chat.returncode == 0, chat.stderr[-2000:]  # the adapter's 2304-row embeddings load on the 2048-row base
     merge(tmp_path / "pt", tmp_path / "pt-merged")
     emb = AutoModelForCausalLM.from_pretrained(str(tmp_path / "pt-merged")).get_input_embeddings().weight
