@@ -319,12 +319,11 @@ def test_failed_verification_leaves_no_output(tiny_run, tmp_path, monkeypatch):
 
     import llama2ft.merge as merge_mod
     import llama2ft.publishing.merge as merge_lib
-    from llama2ft import CONFIG_DIR
+    from llama2ft.config.app_schemas import MergeConfig
     from llama2ft.core.errors import UserError
 
     monkeypatch.setattr(merge_lib, "add_lora_", lambda *args: None)
-    cfg = OmegaConf.load(CONFIG_DIR / "merge.yaml")
-    cfg.merge_with({"run": str(tiny_run), "output": str(tmp_path / "out")})
+    cfg = OmegaConf.merge(OmegaConf.structured(MergeConfig), {"run": str(tiny_run), "output": str(tmp_path / "out")})
     with pytest.raises(UserError, match=r"verification failed: merged logits differ .* by up to \d"):
         merge_mod.run_merge(cfg)
     assert list(tmp_path.iterdir()) == []

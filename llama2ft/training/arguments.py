@@ -23,6 +23,16 @@ def set_logger_env(logger: Any, out_dir: Path) -> None:
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out_dir / "tensorboard"))
 
 
+def finish_loggers(logger: Any) -> None:
+    """End the run's wandb run: its history is flushed, and the next run of the same process (a sweep's next
+    job) starts its own instead of logging into this one."""
+    if "wandb" in logger.report_to:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
 def training_arguments(trainer: Any, logger: Any, out_dir: Path, has_eval: bool, group_by_length: bool,
                        checkpointing: bool = False, liger: bool = False) -> Any:
     """`trainer`, `logger`: the config nodes; `group_by_length`: batch rows of similar length (never

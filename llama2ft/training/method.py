@@ -45,7 +45,6 @@ class Method:
     rows: RowKind = DIALOGUES  # what its data files hold (data.splits / data.pair_encode)
     match_metric = "exact_match"  # metrics key of the greedy answers' match with the wanted answers
     fused_loss = True  # a next-token loss on labels, so Liger's fused linear cross-entropy applies
-    packs = True  # its rows can be packed (data.packing)
 
     def problems(self, cfg: DictConfig) -> list[str]:
         """Config problems of this method's settings (collected with every other problem)."""

@@ -25,7 +25,7 @@ from llama2ft.model.lora import changes_base, save_adapter
 from llama2ft.model.run_folder import RunDir
 from llama2ft.training import distributed
 from llama2ft.training.answers import show_answers
-from llama2ft.training.arguments import training_arguments
+from llama2ft.training.arguments import finish_loggers, training_arguments
 from llama2ft.training.distributed import say
 from llama2ft.training.method import Method
 from llama2ft.training.model_setup import build_model
@@ -82,7 +82,9 @@ def run_training(cfg: DictConfig, method: Method, out_dir: Path, resume: bool, s
     # 2. start: an earlier run's embedded base travels with its adapter
     if start.base_model is not None and distributed.is_main_process() and not run.base_model.exists():
         shutil.copytree(start.base_model, run.base_model)
-    say(f"method={method.name}" + (f", starting from {start.source}" if start.source else ""))
+    settings = ", ".join(f"{k}={v}" for k, v in cfg.method.items() if k != "name")
+    say(f"method={method.name}" + (f" ({settings})" if settings else "")
+        + (f", starting from {start.source}" if start.source else ""))
 
     # 3. data: checked and tokenized by the main process first, the other ranks read its cache
     with distributed.main_process_first():
@@ -143,6 +145,7 @@ def run_training(cfg: DictConfig, method: Method, out_dir: Path, resume: bool, s
     # 7. save (main process only; atomically, so a crash never leaves a half-written adapter)
     if trainer.is_world_process_zero():
         save_run(trainer, tokenizer, cfg, run, metrics)
+    finish_loggers(cfg.logger)
     distributed.barrier()
     return metrics
 

@@ -143,7 +143,6 @@ class PreferenceMethod(Method):
 
     match_metric = "chosen_match"
     fused_loss = False  # the losses read answer log-probs, not next-token labels
-    packs = False
     needs_reference = False  # the starting model's log-probs are scored once before training
 
     def problems(self, cfg: DictConfig) -> list[str]:

@@ -5,8 +5,10 @@ a line in METHODS, and configs/method/<name>.yaml (its data group and what it ch
 """
 from __future__ import annotations
 
+from dataclasses import fields
+
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from llama2ft.training.method import Method
 from llama2ft.training.methods.dpo import DPO
@@ -32,9 +34,11 @@ def method_problems(cfg: DictConfig) -> list[str]:
     if name not in METHODS:
         return [f"method.name={name!r}: must be one of {', '.join(METHODS)} (choose it with method=NAME)"]
     method = METHODS[name]
-    if OmegaConf.get_type(cfg.method) is not method.Settings:
+    # a config.yaml of a run composes untyped (reproducing a run): what matters is that every setting is there
+    missing = [f.name for f in fields(method.Settings) if f.name not in cfg.method]
+    if missing:
         return [f"method.name={name!r}: choose a method with its config group (method={name}), which brings its "
-                "settings"]
+                f"settings ({', '.join(missing)} missing)"]
     return method().problems(cfg) + start_problems(cfg)
 
 
