@@ -161,15 +161,16 @@ def _logging_into(out, err) -> Iterator[None]:
                 lg.setLevel(level)
 
 
-# The commands the tests run use the embedded tiny model: one thread is as fast as two, and far faster when
-# the 2 cores are shared (measured with other jobs on the machine: a tiny_smoke train 4.7 s on 1 thread, 81 s on 2)
-APP_THREADS = 1
+# Torch's threads for the commands run in the test process and for the tests' own tensor work. On a quiet
+# machine all cores are fastest (40 tiny_smoke steps: 5.4 s on 2 threads, 7.8 s on 1); when other jobs share the
+# 2 cores, 2 threads wait on each other (4.7 s on 1 thread, 81 s on 2): LLAMA2FT_TEST_THREADS=1 there.
+APP_THREADS = int(os.environ.get("LLAMA2FT_TEST_THREADS") or os.cpu_count() or 1)
 
 
 @pytest.fixture
-def one_torch_thread() -> Iterator[None]:
-    """Torch on APP_THREADS for the test's own tensor work (as run_app gives commands), restored after it:
-    test_merge + test_lora_variants took 148 s with the test process on 2 threads, 76 s on 1 (2 shared cores)."""
+def app_threads() -> Iterator[None]:
+    """Torch on APP_THREADS for the test's own tensor work (as run_app gives commands), restored after it
+    (on 2 shared cores, test_merge + test_lora_variants took 148 s on 2 threads, 76 s on 1)."""
     import torch
 
     before = torch.get_num_threads()

@@ -14,7 +14,7 @@ import torch
 from conftest import SHARED_DATA, AppResult, run_app
 from llama2ft import PROJECT_ROOT
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, shared cores
+pytestmark = pytest.mark.usefixtures("app_threads")  # conftest: torch threads as run_app gives commands
 
 gguf = pytest.importorskip("gguf", reason="the gguf package (pip install 'llama2ft[export]') is not installed")
 

@@ -15,7 +15,7 @@ from conftest import compose, offline_env, run_app, train_ok
 from llama2ft.config.validation import collect_problems
 from llama2ft.model.lora import apply_lora
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, shared cores
+pytestmark = pytest.mark.usefixtures("app_threads")  # conftest: torch threads as run_app gives commands
 
 IDS = [[1, 400, 500, 60, 70, 12, 42], [1, 300, 301, 302]]
 

@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 from conftest import AppResult, TrainedRun, offline_env, run_app, run_cli, train_ok
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, shared cores
+pytestmark = pytest.mark.usefixtures("app_threads")  # conftest: torch threads as run_app gives commands
 
 IDS = [[1, 400, 500, 600, 700, 12, 42], [1, 300, 301, 302]]
 

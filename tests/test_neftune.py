@@ -10,7 +10,7 @@ from llama2ft.data.collators import PadCollator
 from llama2ft.model.lora import apply_lora
 from llama2ft.training.arguments import training_arguments
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, shared cores
+pytestmark = pytest.mark.usefixtures("app_threads")  # conftest: torch threads as run_app gives commands
 
 PROBE = torch.tensor([[1, 40, 50, 60, 70, 80, 90, 2]])
 

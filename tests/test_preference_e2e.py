@@ -136,7 +136,8 @@ def test_two_process_dpo_run(learned_run, tmp_path):
                   str(PROJECT_ROOT / "configs" / "accelerate" / "ddp.yaml")]
     run = tmp_path / "run"
     res = run_cli("train", "method=dpo", f"init_from={learned_run.path}", "trainer.max_steps=4", "trainer.eval_steps=4",
-                  "trainer.per_device_train_batch_size=8", f"hydra.run.dir={run}", launcher=accelerate)
+                  "trainer.per_device_train_batch_size=8", f"hydra.run.dir={run}", launcher=accelerate,
+                  env={"OMP_NUM_THREADS": "1"})  # two processes on the 2 cores: one thread each
     assert res.returncode == 0, res.stderr[-3000:]
     m = metrics(run)
     assert m["epoch"] == pytest.approx(4 * 8 * 2 / 800, rel=0.02)  # 2 processes: twice the pairs of one

@@ -18,7 +18,7 @@ from llama2ft.data.dialogue import parse_dialogue
 from llama2ft.data.pipeline import prepare_data
 from llama2ft.data.templates import IGNORE_INDEX, encode_dialogue, get_template
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, shared cores
+pytestmark = pytest.mark.usefixtures("app_threads")  # conftest: torch threads as run_app gives commands
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 

@@ -15,7 +15,7 @@ from conftest import compose, offline_env, run_app, train_ok
 from llama2ft.config.validation import collect_problems
 from llama2ft.model.rope import apply_rope_scaling
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, shared cores
+pytestmark = pytest.mark.usefixtures("app_threads")  # conftest: torch threads as run_app gives commands
 
 DIGITS = "零一二三四五六七八九"
 

@@ -10,7 +10,7 @@ from llama2ft.config.validation import collect_problems
 from llama2ft.model import attention, kernels
 from llama2ft.model.memory import GIB, Shape, layer_activation_elements, lora_parameters, plan_checkpointing
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, shared cores
+pytestmark = pytest.mark.usefixtures("app_threads")  # conftest: torch threads as run_app gives commands
 
 LLAMA_7B = Shape(hidden=4096, intermediate=11008, layers=32, kv_hidden=4096, vocab=32000)
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

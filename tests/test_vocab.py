@@ -14,7 +14,7 @@ from conftest import compose, run_app, run_cli, shared_file, train_ok
 from llama2ft import CONFIG_DIR, PROJECT_ROOT
 from llama2ft.core.errors import UserError
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, shared cores
+pytestmark = pytest.mark.usefixtures("app_threads")  # conftest: torch threads as run_app gives commands
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 ROUND_TRIP = ["请用中文写出数字 4046。", "四千零四十六用阿拉伯数字怎么写？", "你好，世界！Hello, world.",
