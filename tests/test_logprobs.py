@@ -64,6 +64,24 @@ def test_each_token_adds_its_text_and_offsets_follow(any_tokenizer):
     assert "".join(p.text for p in rare) == "𠀀" and b"".join(p.raw for p in rare) == "𠀀".encode()
 
 
+def test_a_text_prompt_is_cut_into_its_own_text(any_tokenizer):
+    """echo returns a text prompt as it was sent (markup, spaces and all), the answer's pieces after it."""
+    chat = ChatModel(None, any_tokenizer, get_template("human_assistant"), 512)
+    from llama2ft.inference.logprobs import row_pieces
+
+    for prompt in ("Human: 数字 1001 的中文读法是什么？\n</s><s>Assistant: ", "<s>  two spaces 𠀀 ", TEXTS[1]):
+        ids = chat.raw_prompt_ids(prompt)
+        answer = any_tokenizer("六百八十\n", add_special_tokens=False)["input_ids"]
+        pieces = row_pieces(any_tokenizer, ids + answer, len(ids), prompt)
+        assert "".join(p.text for p in pieces[: len(ids)]) == prompt
+        assert "".join(p.text for p in pieces[len(ids):]).strip() == "六百八十"
+        position = 0
+        for p in pieces:
+            assert p.offset == position
+            position += len(p.text)
+        assert pieces[0].token == "<s>" and pieces[1].token != "<s>"
+
+
 def test_an_alternative_token_reads_as_it_would_in_place(any_tokenizer):
     ids = any_tokenizer("Hello world 你好", add_special_tokens=False)["input_ids"]
     pieces = token_pieces(any_tokenizer, ids)

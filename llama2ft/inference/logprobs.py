@@ -117,6 +117,42 @@ def token_pieces(tokenizer: Any, ids: list[int], start_offset: int = 0) -> list[
     return pieces
 
 
+def row_pieces(tokenizer: Any, row: list[int], n_prompt: int, prompt: Optional[str] = None) -> list[Piece]:
+    """The pieces of a prompt and its answer. A prompt given as text is cut where its own tokens start in
+    it (the tokenizer's offsets), so its pieces join to exactly that text, `<s>` and markup included (a BOS
+    put before it adds nothing); token-id prompts and answers are decoded (`token_pieces`)."""
+    decoded = token_pieces(tokenizer, row)
+    head = _text_pieces(tokenizer, prompt, row[:n_prompt]) if prompt is not None else None
+    if head is None:
+        return decoded
+    shift = sum(len(p.text) for p in head) - sum(len(p.text) for p in decoded[:n_prompt])
+    return head + [Piece(p.text, p.raw, p.offset + shift, p.partial, p.special) for p in decoded[n_prompt:]]
+
+
+def _text_pieces(tokenizer: Any, text: str, ids: list[int]) -> Optional[list[Piece]]:
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except (NotImplementedError, ValueError):  # a slow tokenizer has no offsets
+        return None
+    own = list(enc["input_ids"])
+    added = len(ids) - len(own)
+    if added not in (0, 1) or ids[added:] != own:
+        return None
+    special = special_ids(tokenizer)
+    starts = [0] * len(own)
+    for i, (start, _) in enumerate(enc["offset_mapping"]):
+        starts[i] = 0 if i == 0 else max(start, starts[i - 1])
+    pieces = [Piece("", tokenizer.convert_ids_to_tokens(ids[0]).encode("utf-8"), 0,
+                    special=tokenizer.convert_ids_to_tokens(ids[0]))] if added else []
+    for i, token in enumerate(own):
+        piece = text[starts[i]: starts[i + 1] if i + 1 < len(own) else len(text)]
+        raw = token_bytes(tokenizer, token)
+        name = tokenizer.convert_ids_to_tokens(token) if token in special else None
+        partial = piece == "" and raw is not None and raw[0] >= 0x80
+        pieces.append(Piece(piece, raw if raw is not None else piece.encode("utf-8"), starts[i], partial, name))
+    return pieces
+
+
 def _anchor(ids: list[int], done: int, special: frozenset[int]) -> int:
     """Where to start decoding: a few finished tokens back, at an ordinary token (a decode drops the leading
     space of its first token and skips special ones: starting on a finished ordinary token, both decodes

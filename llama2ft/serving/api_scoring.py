@@ -9,7 +9,8 @@ or without echo). Chat (`logprobs: true, top_logprobs: k`): `choices[i].logprobs
 bytes, top_logprobs: [{token, logprob, bytes}]}]` for the tokens of the answer's text.
 
 Log-probs are the model's own distribution (inference/logprobs.py), whatever the request's sampling settings;
-the text of each token is what it adds to the decoded text (`token_pieces`).
+the text of each token is what it adds to the text: a prompt given as text is cut into its tokens' parts of
+that very text (`echo` returns it as sent), token-id prompts and answers are decoded (`row_pieces`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from llama2ft.inference.engine import ChatModel
-from llama2ft.inference.logprobs import Piece, TokenScore, alternative_piece, special_ids, token_pieces
+from llama2ft.inference.logprobs import Piece, TokenScore, alternative_piece, row_pieces, special_ids, token_pieces
 from llama2ft.inference.request import Generation
 from llama2ft.inference.sampling import Sampling, cut_at_stop
 from llama2ft.serving.api_models import choice_sampling
@@ -27,6 +28,7 @@ from llama2ft.serving.api_models import choice_sampling
 class Choice:
     prompt: list[int]
     gen: Optional[Generation]  # None: max_tokens=0, the prompt is only scored
+    text: Optional[str] = None  # the prompt as the request gave it, when it gave a text
 
     @property
     def row(self) -> list[int]:
@@ -51,8 +53,9 @@ def completion_choices(chat: ChatModel, prompts: list[Union[str, list[int]]], sa
     """Every prompt's n choices (index = prompt * n + j, OpenAI's order), generated together; with
     `generate=False` (max_tokens=0 and echo) nothing is generated."""
     ids = [chat.raw_prompt_ids(p, room=1 if generate else 0) for p in prompts]
-    choices = [Choice(p, chat.stream_raw(p, choice_sampling(samp, j)) if generate else None)
-               for p in ids for j in range(n)]
+    choices = [Choice(p, chat.stream_raw(p, choice_sampling(samp, j)) if generate else None,
+                      text if isinstance(text, str) else None)
+               for p, text in zip(ids, prompts) for j in range(n)]
     generate_all([c.gen for c in choices if c.gen is not None])
     return choices
 
@@ -62,8 +65,8 @@ def completion_choice(chat: ChatModel, choice: Choice, index: int, echo: bool, s
     """One choice of /v1/completions: its text (the prompt's before it with echo), cut before a stop text,
     and its legacy `logprobs` when scores are given."""
     row = choice.row
-    pieces = token_pieces(chat.tokenizer, row)
     n_prompt = len(choice.prompt)
+    pieces = row_pieces(chat.tokenizer, row, n_prompt, choice.text)
     prompt_text = "".join(p.text for p in pieces[:n_prompt])
     answer = "".join(p.text for p in pieces[n_prompt:])
     cut = cut_at_stop(answer, stop, strip=False)
