@@ -6,6 +6,8 @@ whose values are the model's own log-softmax; one BOS on a raw prompt; the OpenA
 defaults do what they say; unsupported fields get a 400 naming them."""
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 import torch
@@ -216,3 +218,14 @@ def test_unsupported_fields_get_a_400_naming_them(client, server):
     res = httpx.post(f"{server}/v1/completions", json={"prompt": PROMPT, "max_tokens": 2, "made_up_field": 1})
     assert res.status_code == 400 and "made_up_field: not supported" in res.json()["error"]["message"]
     assert client.completions.create(model="m", prompt=PROMPT, max_tokens=2).choices[0].text  # still serving
+
+
+def test_choices_say_logprobs_null_unless_asked(server):
+    """As OpenAI answers: every chat and completion choice (and stream chunk) has "logprobs", null when not asked."""
+    chat = {"messages": [{"role": "user", "content": "你好"}], "max_tokens": 2}
+    for path, body in (("/v1/chat/completions", chat), ("/v1/completions", {"prompt": PROMPT, "max_tokens": 2})):
+        choices = httpx.post(f"{server}{path}", json=body, timeout=60).json()["choices"]
+        assert choices and all("logprobs" in c and c["logprobs"] is None for c in choices), (path, choices)
+        streamed = httpx.post(f"{server}{path}", json={**body, "stream": True}, timeout=60).text
+        chunks = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: {")]
+        assert chunks and all(c["choices"][0]["logprobs"] is None and "logprobs" in c["choices"][0] for c in chunks)

@@ -208,18 +208,20 @@ def chat_completions(req: ChatRequest, request: Request) -> Any:
         gen.start()  # a full queue is a 503 now, not an error inside a 200 stream
         def chunks() -> Iterator[dict]:
             yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                        "finish_reason": None}]}
+                                        "logprobs": None, "finish_reason": None}]}
             for piece in gen:
-                yield {**head, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
-            yield {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": gen.reply.finish_reason}],
+                yield {**head, "choices": [{"index": 0, "delta": {"content": piece}, "logprobs": None,
+                                        "finish_reason": None}]}
+            yield {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None,
+                                        "finish_reason": gen.reply.finish_reason}],
                    "usage": usage(gen)}
         return sse(chunks(), gen)
     gens = [gen, *(served.chat.stream(turns, choice_sampling(samp, j), system) for j in range(1, req.n))]
     generate_all(gens)
     scores = served.chat.score([g.prompt + g.token_ids for g in gens], req.top_logprobs or 0) if req.logprobs else None
     choices = [{"index": j, "message": {"role": "assistant", "content": g.reply.text},
-                **({"logprobs": chat_logprobs(served.chat.tokenizer, g, scores[j], req.top_logprobs or 0)}
-                   if scores is not None else {}), "finish_reason": g.reply.finish_reason} for j, g in enumerate(gens)]
+                "logprobs": chat_logprobs(served.chat.tokenizer, g, scores[j], req.top_logprobs or 0)
+                if scores is not None else None, "finish_reason": g.reply.finish_reason} for j, g in enumerate(gens)]
     return {**head, "object": "chat.completion", "choices": choices,
             "usage": _usage(gen.reply.prompt_tokens, sum(g.reply.completion_tokens for g in gens))}
 
