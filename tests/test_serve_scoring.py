@@ -7,6 +7,9 @@ defaults do what they say; unsupported fields get a 400 naming them."""
 from __future__ import annotations
 
 import json
+import os
+import select
+import time
 
 import httpx
 import pytest
@@ -21,6 +24,7 @@ pytestmark = pytest.mark.slow
 SAMPLE = PROJECT_ROOT / "data" / "benchmarks"
 PROMPT = "Human: 数字 1001 的中文读法是什么？\n</s><s>Assistant: "
 NUMBERS = (1001, 3003, 1111)
+SERVERS: dict = {}  # the module's server process, for its start-up log
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +41,7 @@ def server(merged, tmp_path_factory):
         for key, value in offline_env(tmp_path_factory.getbasetemp()).items():
             mp.setenv(key, value)
         proc, url = start_app("serve", f"model.name_or_path={merged}", "served_name=m", ready_path="/health")
+    SERVERS["proc"] = proc
     yield url
     proc.terminate()
     proc.wait(timeout=30)
@@ -183,10 +188,26 @@ def greedy_by_hand(net, ids: list[int], steps: int, eos: int, repetition: float 
     return out
 
 
+def startup_log(proc, needle: str, seconds: float = 10.0) -> str:
+    """What the server printed so far, read until `needle` shows (raw reads: a text reader's buffer would hide
+    lines from select)."""
+    text, end = "", time.time() + seconds
+    while needle not in text and time.time() < end:
+        if select.select([proc.stdout], [], [], max(0.0, end - time.time()))[0]:
+            chunk = os.read(proc.stdout.fileno(), 65536).decode("utf-8", "replace")
+            if not chunk:
+                break
+            text += chunk
+    return text
+
+
 def test_penalties_and_the_served_defaults(client, server, model, app_threads):
     net, tok = model
     defaults = httpx.get(f"{server}/v1/models", headers={"Authorization": "Bearer x"}).json()["data"][0]
     assert defaults["sampling_defaults"]["repetition_penalty"] == 1.3  # visible, as the start-up log says
+    log = startup_log(SERVERS["proc"], "repetition_penalty=1.0 turns")
+    line = next((x for x in log.splitlines() if x.startswith("sampling defaults")), "")
+    assert "repetition_penalty=1.3" in line and "temperature=0.3" in line and "extra_body=" in line, log[-2000:]
     for n in NUMBERS:
         prompt = PROMPT.replace("1001", str(n))
         ids = [tok.bos_token_id, *tok(prompt, add_special_tokens=False).input_ids]
