@@ -137,3 +137,19 @@ def test_results_per_subject_and_category_with_deltas(tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
     assert saved["benchmarks"]["models"]["tuned"]["cmmlu"]["score"] == 0.6
     assert (tmp_path / "benchmarks.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_sample_is_what_its_script_builds(tmp_path):
+    """data/benchmarks/ is written by scripts/build_benchmark_sample.py, deterministically: rebuilding it gives
+    the committed files byte for byte (a hand edit or a changed script shows here)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_benchmark_sample",
+                                                  PROJECT_ROOT / "scripts" / "build_benchmark_sample.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.build(tmp_path)
+    built = {p.relative_to(tmp_path): p.read_bytes() for p in sorted(tmp_path.rglob("*.csv"))}
+    committed = {p.relative_to(SAMPLE): p.read_bytes() for p in sorted(SAMPLE.rglob("*.csv"))}
+    assert built.keys() == committed.keys() and len(built) == 8
+    assert [k for k in built if built[k] != committed[k]] == []
