@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
-EXTRAS ?= web,serve,export,sweep,slurm,dev
+EXTRAS ?= web,serve,export,sweep,slurm,bench,dev
 
 .PHONY: install train test test-fast llama-cpp bench gpu-wheels clean
 

@@ -28,6 +28,10 @@ def run_serve(cfg: DictConfig) -> None:
     name = str(cfg.served_name or chat.name)
     app = create_app(chat, samp, name, cfg.api_key, cfg.max_request_bytes)
     print(f"llama2ft-serve: {name} on http://{cfg.host}:{cfg.port}/v1", flush=True)
+    defaults = " ".join(f"{k}={v}" for k, v in samp.shown().items())
+    print(f"sampling defaults (also in /v1/models): {defaults}; a request's own fields override them "
+          "(temperature, top_p, max_tokens, seed, frequency_penalty, presence_penalty; top_k and repetition_penalty "
+          "in the body, openai: extra_body=); repetition_penalty=1.0 turns the community's penalty off", flush=True)
     uvicorn.run(app, host=str(cfg.host), port=int(cfg.port), log_level="warning")
 
 

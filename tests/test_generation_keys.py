@@ -78,8 +78,8 @@ def test_the_generation_configs_restate_no_default(app):
 
 @pytest.mark.parametrize("app", sorted(APPS))
 def test_every_key_of_a_config_reaches_the_spec_and_the_sampling(app, tmp_path):
-    values = {"temperature": 0.7, "top_p": 0.5, "top_k": 7, "repetition_penalty": 1.1, "max_new_tokens": 9,
-              "do_sample": False, "seed": 3}
+    values = {"temperature": 0.7, "top_p": 0.5, "top_k": 7, "repetition_penalty": 1.1, "frequency_penalty": 0.5,
+              "presence_penalty": -0.5, "max_new_tokens": 9, "do_sample": False, "seed": 3}
     source = {"name_or_path": "/m/base", "tokenizer": "/m/tok", "revision": "r1", "trust_remote_code": True,
               "dtype": "float16"}
     model = {"run": None, "adapter": "/m/adapter", "system": "sys", "device": "cpu", "cpu_linear": "torch"}
@@ -122,7 +122,8 @@ def test_eval_entries_map_onto_the_spec():
 
 # ---------------------------------------------------------------- the API's request fields
 REQUEST_NAMES = {"max_new_tokens": ("max_tokens", "max_completion_tokens")}  # OpenAI's names for ours
-NOT_SAMPLING = {"model", "n", "stream", "stop"}  # stop: Sampling's own field beyond the keys
+# stop: Sampling's own field beyond the keys; stream_options and user: accepted, they change no setting
+NOT_SAMPLING = {"model", "n", "stream", "stop", "stream_options", "user"}
 SERVER_ONLY = {"do_sample"}  # a request cannot turn sampling off; temperature=0 is its greedy
 
 
@@ -147,8 +148,8 @@ def test_each_request_field_sets_its_sampling_setting_and_nothing_else(key):
     from llama2ft.serving.api_models import ChatRequest, sampling_of
 
     server = Sampling(do_sample=False, seed=1)
-    changed = {"temperature": 0.9, "top_p": 0.5, "top_k": 3, "repetition_penalty": 1.05, "max_new_tokens": 7,
-               "seed": 11}[key]
+    changed = {"temperature": 0.9, "top_p": 0.5, "top_k": 3, "repetition_penalty": 1.05, "frequency_penalty": 0.3,
+               "presence_penalty": 0.4, "max_new_tokens": 7, "seed": 11}[key]
     for name in REQUEST_NAMES.get(key, (key,)):
         req = ChatRequest(messages=[{"role": "user", "content": "hi"}], **{name: changed})
         assert sampling_of(req, server) == replace(server, **{key: changed}), name

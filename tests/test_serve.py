@@ -97,7 +97,7 @@ def test_bad_requests_get_400_and_the_server_keeps_serving(client):
         dict(messages=[{"role": "user", "content": "hi"}], max_tokens=0),
         dict(messages=[{"role": "user", "content": "很长的问题" * 100}]),
         dict(messages=[{"role": "system", "content": "only a system prompt"}]),
-        dict(messages=[{"role": "user", "content": "hi"}], n=2),
+        dict(messages=[{"role": "user", "content": "hi"}], n=9),  # n is 1..8
     ]
     for kw in bad:
         with pytest.raises(openai.BadRequestError) as info:

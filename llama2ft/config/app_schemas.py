@@ -53,8 +53,18 @@ class ServeConfig(GenerateConfig):
 
 
 @dataclass
+class BenchmarkData:
+    """Local copies of the benchmarks in their official release layouts (llama2ft/evaluation/benchmark_data.py);
+    None: the datasets lm-eval names on the hub. `benchmark_data=sample`: the project's own small sample."""
+
+    ceval: Optional[str] = None  # DIR with dev/{subject}_dev.csv and val/{subject}_val.csv
+    cmmlu: Optional[str] = None  # DIR with dev/{subject}.csv and test/{subject}.csv
+
+
+@dataclass
 class EvalConfig(GenerateConfig):
-    task: str = "generate"  # generate | loss
+    # generate | loss | benchmark, or several in one run: task=[generate,benchmark] writes one report
+    task: Any = "generate"
     models: list[Any] = field(default_factory=list)  # paths, or {name, run | path, adapter, template, system}
     # .json (AtomBulb), .csv with a question column (category, reference, qid optional) or with a `text` column
     # in the community format (its last answer is the reference); None: the built-in set (data/eval/questions.json)
@@ -64,11 +74,17 @@ class EvalConfig(GenerateConfig):
     # task=generate (the community's evaluation), the model's own for task=loss
     prompt_template: Optional[str] = None
     chinese_threshold: float = 0.5  # an answer is Chinese when more than this share of its letters are Chinese
-    batch_size: int = 8  # answers written at a time; task=loss: rows per forward pass
+    batch_size: int = 8  # answers written at a time; task=loss and task=benchmark: rows per forward pass
     max_batch: int = 8  # task=generate: questions answered together (continuous batching, answers as if alone)
     engine: str = "transformers"  # transformers | vllm (GPU, the `vllm` extra)
     data_file: Optional[str] = None  # task=loss: a csv in the community format
     max_seq_len: int = 2048  # task=loss: rows are cut like in training
+    # task=benchmark (lm-evaluation-harness, the `bench` extra): lm-eval task or group names; ceval is lm-eval's
+    # ceval-valid group (scored on val), cmmlu its cmmlu group (scored on test); any other lm-eval name works too
+    benchmarks: list[str] = field(default_factory=lambda: ["ceval", "cmmlu"])
+    benchmark_data: BenchmarkData = field(default_factory=BenchmarkData)
+    num_fewshot: int = 5  # examples from dev/ before each question, as both benchmarks' papers report
+    limit: Optional[int] = None  # task=benchmark: at most this many questions per subject (None: all)
     output: str = "outputs/eval"
 
 

@@ -166,7 +166,7 @@ class Batcher:
             self._finish(row, None, cancelled=True)
             return False
         token = next_token(logits, torch.tensor(row.seen, device=logits.device), row.gen.sampling, row.generator,
-                           self._suppress)
+                           self._suppress, len(row.gen.prompt))
         row.seen.append(token)
         row.made += 1
         try:

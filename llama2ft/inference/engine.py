@@ -13,7 +13,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import torch
 
@@ -21,6 +21,8 @@ from llama2ft.core.errors import UserError
 from llama2ft.data.dialogue import Turn
 from llama2ft.data.templates import Template, encode_prompt, get_template
 from llama2ft.inference.batching import Batcher
+from llama2ft.inference.decoding import OpenAIPenalties
+from llama2ft.inference.logprobs import TokenScore, score_sequences
 from llama2ft.inference.request import Generation, QueueFull, Reply
 from llama2ft.inference.sampling import Sampling, cut_at_stop
 
@@ -126,12 +128,36 @@ class ChatModel:
     def chat(self, turns: list[Turn], sampling: Sampling, system: Optional[str] = None) -> Reply:
         return self.stream(turns, sampling, system).run()
 
-    def stream_raw(self, text: str, sampling: Sampling) -> Generation:
-        """Plain-text completion (no template): BOS + the text, as in continued pre-training."""
-        ids = [self.tokenizer.bos_token_id, *self.tokenizer(text, add_special_tokens=False)["input_ids"]]
-        if len(ids) >= self.context_length:
-            raise UserError(f"the prompt is {len(ids)} tokens; the model's context is {self.context_length}")
-        return Generation(self, ids, sampling, min(sampling.max_new_tokens, self.context_length - len(ids)), 0)
+    def raw_prompt_ids(self, prompt: Union[str, list[int]], room: int = 1) -> list[int]:
+        """A plain completion prompt (no template) as token ids: a text gets BOS in front, as in continued
+        pre-training, unless it starts with `<s>` itself (one BOS, never two); token ids are taken as they
+        are. `room`: tokens that must still fit the context after it."""
+        if isinstance(prompt, str):
+            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            if ids[:1] != [self.tokenizer.bos_token_id]:
+                ids = [self.tokenizer.bos_token_id, *ids]
+        else:
+            ids = list(prompt)
+            bad = [t for t in ids if not 0 <= t < len(self.tokenizer)]
+            if bad:
+                raise UserError(f"prompt: token id {bad[0]} is not in the model's vocabulary of {len(self.tokenizer)}")
+        if len(ids) + room > self.context_length:
+            raise UserError(f"the prompt is {len(ids)} tokens; the model's context is {self.context_length}"
+                            + (f" (with {room} kept for the answer)" if room else ""))
+        return ids
+
+    def stream_raw(self, prompt: Union[str, list[int]], sampling: Sampling, raw: bool = True) -> Generation:
+        """Plain completion (no template) of a text or of token ids (`raw_prompt_ids`); the answer's text
+        keeps its whitespace unless `raw=False`."""
+        ids = self.raw_prompt_ids(prompt)
+        return Generation(self, ids, sampling, min(sampling.max_new_tokens, self.context_length - len(ids)), 0,
+                          raw=raw)
+
+    def score(self, rows: list[list[int]], top: int = 0) -> list[list[TokenScore]]:
+        """Each row's token log-probabilities (and `top` alternatives), under the model's own distribution;
+        run on the generation thread, after the jobs waiting for it."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        return self.submit(lambda: score_sequences(self.model, rows, top, pad)).result()
 
     def chat_batch(self, conversations: list[list[Turn]], sampling: Sampling, system: Optional[str] = None,
                    batch_size: int = 8) -> list[Reply]:
@@ -184,7 +210,11 @@ class ChatModel:
             torch.manual_seed(sampling.seed)
             if torch.cuda.is_available():
                 torch.cuda.manual_seed_all(sampling.seed)
+        from transformers import LogitsProcessorList
+
+        processors = LogitsProcessorList([OpenAIPenalties(sampling, width)] if sampling.openai_penalties else [])
         out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                   max_new_tokens=max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
-                                  pad_token_id=pad, streamer=streamer, **sampling.generate_kwargs())
+                                  pad_token_id=pad, streamer=streamer, logits_processor=processors,
+                                  **sampling.generate_kwargs())
         return out[:, width:].tolist()

@@ -58,11 +58,16 @@ class _StopText(RequestEnded):
 class Generation:
     """Iterate to receive the answer as text pieces while it is generated; `reply` holds the result after.
 
-    Whitespace around the answer (the templates' stop text before EOS) is never shown."""
+    Whitespace around a chat answer (the templates' stop text before EOS) is never shown; a plain completion
+    (`raw`) keeps it, as OpenAI's completions do."""
 
     def __init__(self, chat: Host, prompt: list[int], sampling: Sampling, max_new_tokens: int,
-                 dropped: int):
+                 dropped: int, raw: bool = False):
         self.chat, self.prompt, self.sampling, self.max_new_tokens = chat, prompt, sampling, max_new_tokens
+        self.raw = raw
+        self.ended_by_eos = False  # the model wrote EOS (not among token_ids; the API's logprobs show it)
+        self.score_top: Optional[int] = None  # engine=vllm: a scoring request (its prompt's log-probabilities)
+        self.prompt_logprobs: Any = None  # engine=vllm: vLLM's prompt_logprobs of a scoring request
         self.reply = Reply("", "stop", len(prompt), 0, dropped)
         self._ids: list[int] = []
         self._queue: "queue.Queue[Optional[str]]" = queue.Queue()
@@ -94,14 +99,15 @@ class Generation:
             self._started = True
             return
         if token == self.chat.tokenizer.eos_token_id:
+            self.ended_by_eos = True
             return
         self._ids.append(token)
         text = self._text()
         if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
             return
-        visible = text.lstrip().rstrip()
+        visible = text if self.raw else text.strip()
         if self.sampling.stop:
-            self._final = cut_at_stop(visible, self.sampling.stop)
+            self._final = cut_at_stop(visible, self.sampling.stop, strip=not self.raw)
             if self._final is not None:
                 raise _StopText()
             visible = visible[: len(visible) - self._hold]
@@ -154,9 +160,15 @@ class Generation:
         if self.reply.finish_reason != "cancelled":
             full = len(self._ids) >= self.max_new_tokens and self._final is None
             self.reply.finish_reason = "length" if full else "stop"
-        self.reply.text = self._final if self._final is not None else self._text().strip()
+        text = self._text()
+        self.reply.text = self._final if self._final is not None else text if self.raw else text.strip()
         if self.reply.text != self._shown and self.reply.text.startswith(self._shown):
             yield self.reply.text[len(self._shown):]
+
+    @property
+    def token_ids(self) -> list[int]:
+        """The answer's token ids so far (EOS left out; the tokens of a stop text included)."""
+        return list(self._ids)
 
     def cancel(self) -> None:
         """Stop generating (a client went away); the iterator then ends with finish_reason "cancelled"."""

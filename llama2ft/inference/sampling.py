@@ -1,5 +1,12 @@
-"""Sampling settings, stated once: their names (transformers'), defaults (the community's chat defaults:
-temperature 0.3, top_p 0.95, top_k 50, repetition_penalty 1.3, max_new_tokens 512) and checks.
+"""Sampling settings, stated once: their names (transformers'; OpenAI's for its two penalties), defaults
+(the community's chat defaults: temperature 0.3, top_p 0.95, top_k 50, repetition_penalty 1.3,
+max_new_tokens 512; the OpenAI penalties off) and checks.
+
+Two penalties work differently: `repetition_penalty` (transformers', the community's 1.3) divides the
+logit of every token already in the prompt or the answer; OpenAI's `frequency_penalty` / `presence_penalty`
+subtract from the logit of a token already in the answer, once per occurrence / once. Both change greedy
+(temperature 0) answers too; `repetition_penalty=1.0` turns the first off. They are applied in that order,
+before temperature, top-k and top-p (inference/decoding.py).
 
 `SamplingKeys` are the keys chat, web, serve and eval take (the apps' Hydra schemas inherit them, in
 config/app_schemas.py); `Sampling` adds what only a request sets (the API's stop texts) and is what the
@@ -18,7 +25,9 @@ class SamplingKeys:
     temperature: float = 0.3  # 0 means greedy
     top_p: float = 0.95
     top_k: int = 50  # 0 turns it off
-    repetition_penalty: float = 1.3
+    repetition_penalty: float = 1.3  # 1.0 turns it off
+    frequency_penalty: float = 0.0  # OpenAI's, in [-2, 2]: minus this per time the token is already in the answer
+    presence_penalty: float = 0.0  # OpenAI's, in [-2, 2]: minus this once the token is in the answer
     max_new_tokens: int = 512
     do_sample: bool = True  # false: greedy, whatever the temperature
     seed: Optional[int] = None  # set: the same seed gives the same sampled answer
@@ -45,6 +54,9 @@ class Sampling(SamplingKeys):
             p.append(f"{prefix}top_k={self.top_k}: must be >= 0 (0 turns it off)")
         if not 0 < self.repetition_penalty <= 10:
             p.append(f"{prefix}repetition_penalty={self.repetition_penalty}: must be in (0, 10]")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                p.append(f"{prefix}{name}={getattr(self, name)}: must be in [-2, 2] (0 turns it off)")
         if self.max_new_tokens < 1:
             p.append(f"{prefix}max_new_tokens={self.max_new_tokens}: must be >= 1")
         if len(self.stop) > 4 or any(not s for s in self.stop):
@@ -55,7 +67,16 @@ class Sampling(SamplingKeys):
     def greedy(self) -> bool:
         return not self.do_sample or self.temperature == 0
 
+    @property
+    def openai_penalties(self) -> bool:
+        return bool(self.frequency_penalty or self.presence_penalty)
+
+    def shown(self) -> dict[str, Any]:
+        """The settings as a server announces its defaults (the keys and their values)."""
+        return {f.name: getattr(self, f.name) for f in fields(SamplingKeys)}
+
     def generate_kwargs(self) -> dict[str, Any]:
+        """transformers' generate() keywords (the OpenAI penalties are a logits processor: decoding.py)."""
         kw: dict[str, Any] = {"repetition_penalty": self.repetition_penalty}
         if self.greedy:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
@@ -70,7 +91,9 @@ class Sampling(SamplingKeys):
                 "max_new_tokens": self.max_new_tokens}
 
 
-def cut_at_stop(text: str, stop: tuple[str, ...]) -> Optional[str]:
-    """`text` up to the first stop text (stripped), or None when none occurs."""
+def cut_at_stop(text: str, stop: tuple[str, ...], strip: bool = True) -> Optional[str]:
+    """`text` up to the first stop text (stripped unless `strip=False`), or None when none occurs."""
     cuts = [text.find(s) for s in stop if s in text]
-    return text[: min(cuts)].strip() if cuts else None
+    if not cuts:
+        return None
+    return text[: min(cuts)].strip() if strip else text[: min(cuts)]

@@ -24,6 +24,7 @@ from typing import Any, Optional
 from llama2ft.core.errors import UserError
 from llama2ft.inference.engine import ChatModel
 from llama2ft.inference.model_choice import ModelSource, Resolved
+from llama2ft.inference.logprobs import TokenScore
 from llama2ft.inference.request import Generation, QueueFull, RequestEnded
 from llama2ft.inference.sampling import Sampling
 
@@ -73,8 +74,25 @@ def sampling_args(sampling: Sampling, max_tokens: int, eos: int) -> dict[str, An
     greedy = sampling.greedy
     return {"temperature": 0.0 if greedy else sampling.temperature, "top_p": 1.0 if greedy else sampling.top_p,
             "top_k": -1 if greedy or not sampling.top_k else sampling.top_k,
-            "repetition_penalty": sampling.repetition_penalty, "max_tokens": max_tokens, "seed": sampling.seed,
+            "repetition_penalty": sampling.repetition_penalty, "frequency_penalty": sampling.frequency_penalty,
+            "presence_penalty": sampling.presence_penalty, "max_tokens": max_tokens, "seed": sampling.seed,
             "stop_token_ids": [eos], "skip_special_tokens": True}
+
+
+def score_args(top: int) -> dict[str, Any]:
+    """`SamplingParams` of a scoring request: the API's `logprobs`/`echo` on a sequence (prompt + answer) are
+    vLLM's `prompt_logprobs` (the raw model's, as llama2ft's own scores); one greedy token is made and dropped."""
+    return {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": top, "detokenize": False}
+
+
+def scores_of(prompt_logprobs: list[Optional[dict[int, Any]]], ids: list[int], top: int) -> list[TokenScore]:
+    """vLLM's prompt_logprobs (per position: None first, then {token id: Logprob} holding the `top` most likely
+    and the token itself) as llama2ft's TokenScores."""
+    out = [TokenScore(ids[0], None, [])]
+    for token, found in zip(ids[1:], prompt_logprobs[1:]):
+        ranked = sorted(((t, float(lp.logprob)) for t, lp in found.items()), key=lambda x: -x[1])
+        out.append(TokenScore(token, float(found[token].logprob), ranked[:top] if top else []))
+    return out
 
 
 def token_prompt(ids: list[int]) -> dict[str, Any]:
@@ -108,6 +126,18 @@ class VllmChatModel(ChatModel):
 
     def generate_ids(self, *args: Any, **kwargs: Any) -> Any:  # the max_batch=1 path: never taken here
         raise UserError("engine=vllm generates through its own batching (max_batch > 1)")
+
+    def score(self, rows: list[list[int]], top: int = 0) -> list[list[TokenScore]]:
+        """Each row scored by vLLM (`score_args`): one request per row, run with the others."""
+        gens = []
+        for row in rows:
+            gen = Generation(self, row, Sampling(do_sample=False, max_new_tokens=1), 1, 0)
+            gen.score_top = top
+            gen.start()
+            gens.append(gen)
+        for gen in gens:
+            gen.run()
+        return [scores_of(gen.prompt_logprobs, row, top) for gen, row in zip(gens, rows)]
 
     def close(self) -> None:
         with self._wake:
@@ -147,7 +177,9 @@ class VllmChatModel(ChatModel):
                 self._end((gen, job, 0), end)
                 continue
             rid = str(next(self._ids))
-            params = params_class(**sampling_args(gen.sampling, gen.max_new_tokens, eos))
+            top = gen.score_top
+            params = params_class(**(sampling_args(gen.sampling, gen.max_new_tokens, eos) if top is None else
+                                     {**sampling_args(gen.sampling, 1, eos), **score_args(top)}))
             running[rid] = (gen, job, 0)
             try:
                 self.model.add_request(rid, token_prompt(gen.prompt), params, lora_request=self.lora)
@@ -164,6 +196,8 @@ class VllmChatModel(ChatModel):
             if out.request_id not in running:
                 continue
             gen, job, handed = running[out.request_id]
+            if getattr(out, "prompt_logprobs", None) is not None:
+                gen.prompt_logprobs = out.prompt_logprobs
             ids = list(out.outputs[0].token_ids)
             try:
                 for token in ids[handed:]:

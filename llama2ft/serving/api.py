@@ -1,7 +1,10 @@
 """The OpenAI-compatible HTTP API of `llama2ft-serve`, on the training template.
 
-Endpoints: POST /v1/chat/completions and /v1/completions (both with `stream`), GET /v1/models, /health.
-Extra sampling fields `top_k` and `repetition_penalty` go in the request body (openai: `extra_body=`).
+Endpoints: POST /v1/chat/completions and /v1/completions (both with `stream`), GET /v1/models (with the
+server's sampling defaults), /health. Extra sampling fields `top_k` and `repetition_penalty` go in the
+request body (openai: `extra_body=`); OpenAI's `frequency_penalty`/`presence_penalty`, `n`, `logprobs`
+(completions: `echo`, `max_tokens=0`, several prompts, token-id prompts; chat: `top_logprobs`) are
+implemented (serving/api_scoring.py); any other field gets a 400 naming it.
 Concurrent requests share the model through the generation core (continuous batching up to `max_batch`):
 each is answered as if it were alone, and one request's tokens never reach another's stream. Past `max_queue` waiting requests
 the server answers 503 with Retry-After instead of queueing without bound; request bodies are capped.
@@ -25,7 +28,9 @@ from llama2ft.inference.engine import ChatModel
 from llama2ft.inference.request import Generation, QueueFull
 from llama2ft.inference.messages import message_text, to_turns
 from llama2ft.inference.sampling import Sampling
-from llama2ft.serving.api_models import ChatRequest, CompletionRequest, error_response, sampling_of
+from llama2ft.serving.api_models import (ChatRequest, CompletionRequest, choice_sampling, error_response, prompt_list,
+                                         sampling_of)
+from llama2ft.serving.api_scoring import chat_logprobs, completion_choice, completion_choices, generate_all
 
 
 @dataclass
@@ -133,9 +138,12 @@ class BodyLimit:
 
 # ---------------------------------------------------------------- helpers
 def usage(gen: Generation) -> dict:
-    r = gen.reply
-    return {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-            "total_tokens": r.prompt_tokens + r.completion_tokens}
+    return _usage(gen.reply.prompt_tokens, gen.reply.completion_tokens)
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
 
 
 def sse(chunks: Iterator[dict], gen: Generation) -> StreamingResponse:
@@ -176,9 +184,10 @@ async def health(request: Request) -> dict:
 
 
 async def models(request: Request) -> dict:
-    name = request.app.state.served.name
-    return {"object": "list", "data": [{"id": name, "object": "model", "created": int(time.time()),
-                                        "owned_by": "llama2ft"}]}
+    served: Served = request.app.state.served
+    # the defaults a request's own fields override (repetition_penalty and top_k through extra_body)
+    return {"object": "list", "data": [{"id": served.name, "object": "model", "created": int(time.time()),
+                                        "owned_by": "llama2ft", "sampling_defaults": served.defaults.shown()}]}
 
 
 def chat_completions(req: ChatRequest, request: Request) -> Any:
@@ -192,42 +201,53 @@ def chat_completions(req: ChatRequest, request: Request) -> Any:
             system = text
         else:
             pairs.append((m.role, text))
-    gen = served.chat.stream(to_turns(pairs), samp, system)  # renders and checks the prompt before streaming
+    turns = to_turns(pairs)
+    gen = served.chat.stream(turns, samp, system)  # renders and checks the prompt before streaming
     head = _head("chat.completion.chunk", "chatcmpl", served.name)
     if req.stream:
         gen.start()  # a full queue is a 503 now, not an error inside a 200 stream
         def chunks() -> Iterator[dict]:
             yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                        "finish_reason": None}]}
+                                        "logprobs": None, "finish_reason": None}]}
             for piece in gen:
-                yield {**head, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
-            yield {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": gen.reply.finish_reason}],
+                yield {**head, "choices": [{"index": 0, "delta": {"content": piece}, "logprobs": None,
+                                        "finish_reason": None}]}
+            yield {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None,
+                                        "finish_reason": gen.reply.finish_reason}],
                    "usage": usage(gen)}
         return sse(chunks(), gen)
-    reply = gen.run()
-    return {**head, "object": "chat.completion",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
-                         "finish_reason": reply.finish_reason}], "usage": usage(gen)}
+    gens = [gen, *(served.chat.stream(turns, choice_sampling(samp, j), system) for j in range(1, req.n))]
+    generate_all(gens)
+    scores = served.chat.score([g.prompt + g.token_ids for g in gens], req.top_logprobs or 0) if req.logprobs else None
+    choices = [{"index": j, "message": {"role": "assistant", "content": g.reply.text},
+                "logprobs": chat_logprobs(served.chat.tokenizer, g, scores[j], req.top_logprobs or 0)
+                if scores is not None else None, "finish_reason": g.reply.finish_reason} for j, g in enumerate(gens)]
+    return {**head, "object": "chat.completion", "choices": choices,
+            "usage": _usage(gen.reply.prompt_tokens, sum(g.reply.completion_tokens for g in gens))}
 
 
 def completions(req: CompletionRequest, request: Request) -> Any:
     served: Served = request.app.state.served
     samp = sampling_of(req, served.defaults)
-    prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-    if len(prompts) != 1:
-        raise UserError("prompt: give one prompt (a string)")
-    if not prompts[0].strip():
+    prompts = prompt_list(req)
+    if not prompts or any(not (p.strip() if isinstance(p, str) else p) for p in prompts):
         raise UserError("prompt: the prompt is empty")
-    gen = served.chat.stream_raw(prompts[0], samp)
     head = _head("text_completion", "cmpl", served.name)
-    if req.stream:
-        gen.start()
-        def chunks() -> Iterator[dict]:
-            for piece in gen:
-                yield {**head, "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}]}
-            yield {**head, "choices": [{"index": 0, "text": "", "logprobs": None,
-                                        "finish_reason": gen.reply.finish_reason}], "usage": usage(gen)}
-        return sse(chunks(), gen)
-    reply = gen.run()
-    return {**head, "choices": [{"index": 0, "text": reply.text, "logprobs": None,
-                                 "finish_reason": reply.finish_reason}], "usage": usage(gen)}
+    if not req.stream:
+        generate = (req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens) != 0
+        choices = completion_choices(served.chat, prompts, samp, req.n, generate)
+        top = req.logprobs or 0
+        scores = served.chat.score([c.row for c in choices], top) if req.logprobs is not None else None
+        return {**head, "choices": [completion_choice(served.chat, c, i, req.echo, samp.stop,
+                                                      scores[i] if scores else None, top)
+                                    for i, c in enumerate(choices)],
+                "usage": _usage(sum(len(c.prompt) for c in choices[::req.n]),
+                                sum(c.gen.reply.completion_tokens for c in choices if c.gen is not None))}
+    gen = served.chat.stream_raw(prompts[0], samp)
+    gen.start()
+    def chunks() -> Iterator[dict]:
+        for piece in gen:
+            yield {**head, "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}]}
+        yield {**head, "choices": [{"index": 0, "text": "", "logprobs": None,
+                                    "finish_reason": gen.reply.finish_reason}], "usage": usage(gen)}
+    return sse(chunks(), gen)
