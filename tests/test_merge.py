@@ -152,7 +152,7 @@ def test_model_card(merged):
                  "library_name: transformers", "pipeline_tag: text-generation"):
         assert line in header, line
     assert card.startswith("---\n")
-    assert "Template `human_assistant`" in card and "<s>Human: 你好" in card and "Assistant: " in card
+    assert "Template `human_assistant`" in card and "<s>Human: 你好" in card and "<s>Assistant:\n```" in card
     assert "| LoRA | r=8, alpha=16" in card  # training config
     assert "| trained_tokens |" in card  # data_stats.json
     assert "| eval_loss |" in card  # metrics.json
