@@ -46,6 +46,7 @@ def run_export(cfg: DictConfig) -> Path:
     for path in (output, modelfile_path(output)) if cfg.modelfile else (output,):
         if path.exists() and not cfg.overwrite:
             raise UserError(f"{path} already exists; pass overwrite=true to replace it")
+    types = None
     with atomic_file(output) as tmp:  # a reader never sees a half-written file
         if cfg.quant in LLAMA_CPP_QUANTS:
             kind = unquantized_type(source)
@@ -53,12 +54,13 @@ def run_export(cfg: DictConfig) -> Path:
             clean_stale(unquantized)  # left by a killed export
             try:
                 n = write_gguf(source, temp_path(unquantized), kind)
-                quantize(temp_path(unquantized), tmp, cfg.quant, cfg.threads)
+                types = quantize(temp_path(unquantized), tmp, cfg.quant, cfg.threads)
             finally:
                 temp_path(unquantized).unlink(missing_ok=True)
         else:
             n = write_gguf(source, tmp, cfg.quant)
-    print(f"wrote {output} ({n} tensors, {cfg.quant}, {output.stat().st_size / 1e6:.1f} MB)", flush=True)
+    kinds = f": {', '.join(f'{k} x{v}' for k, v in types.items())}" if types else ""
+    print(f"wrote {output} ({n} tensors, {cfg.quant}{kinds}; {output.stat().st_size / 1e6:.1f} MB)", flush=True)
     if cfg.modelfile:
         written = write_modelfile(source, output)
         print(f"wrote {written} (ollama create NAME -f {written})" if written else

@@ -184,3 +184,20 @@ def test_ollama_template_renders_the_chat_prompt(tmp_path, tokenizer, name):
             assert res.returncode == 0, res.stderr
             expected = get_template(name, system).prompt(turns, tokenizer)
             assert tokenizer.bos_token + res.stdout == expected, (turns, system)
+
+
+def test_a_runs_adapter_and_tokenizer_folders_carry_the_template(smoke_run):
+    """llama2ft-train saves the training template as the chat_template of adapter/ and tokenizer/."""
+    from transformers import AutoTokenizer
+
+    from llama2ft.model.run_folder import read_run
+
+    run = read_run(smoke_run.path)
+    template = get_template(run.template, run.system)
+    for folder in (run.adapter, run.tokenizer):
+        tok = AutoTokenizer.from_pretrained(str(folder))
+        assert tok.chat_template == jinja_template(template)
+        for turns in CONVERSATIONS:
+            if turns[-1].role == "human":
+                got = tok.apply_chat_template(messages(turns, None), add_generation_prompt=True)["input_ids"]
+                assert got == encode_prompt(template, tok, turns)

@@ -216,19 +216,48 @@ def unquantized_type(source: Path) -> str:
         else "f16"
 
 
-def quantize(source_gguf: Path, output: Path, quant: str, threads: int = 0) -> None:
-    """llama.cpp's quantizer (as `llama-quantize` runs it): tensor by tensor from `source_gguf`."""
+def quantize(source_gguf: Path, output: Path, quant: str, threads: int = 0) -> dict[str, int]:
+    """llama.cpp's quantizer (as `llama-quantize` runs it): tensor by tensor from `source_gguf`. Its
+    per-tensor log is kept back: its warnings (e.g. how many tensors took a fallback type) are printed,
+    and the end of it goes into the error when it fails. Returns how many tensors got each type."""
     import ctypes
 
     try:
         import llama_cpp
+        from llama_cpp._logger import llama_log_callback as default_log  # llama-cpp-python's own
     except ImportError as exc:
-        raise UserError(f"quant={quant} uses llama.cpp's quantizer: pip install llama-cpp-python") from exc
+        raise UserError(f"quant={quant} uses llama.cpp's quantizer: pip install 'llama2ft[quantize]' "
+                        "(llama-cpp-python)") from exc
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, LLAMA_CPP_QUANTS[quant])
     params.nthread = threads  # 0: llama.cpp's default (the machine's cores)
-    if llama_cpp.llama_model_quantize(str(source_gguf).encode(), str(output).encode(), ctypes.byref(params)) != 0:
-        raise UserError(f"llama.cpp could not quantize {source_gguf} to {quant} (its log above says why)")
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def keep(level: int, text: bytes, user_data: Any) -> None:
+        lines.append(text.decode("utf-8", "replace"))
+
+    llama_cpp.llama_log_set(keep, ctypes.c_void_p(0))
+    try:
+        failed = llama_cpp.llama_model_quantize(str(source_gguf).encode(), str(output).encode(), ctypes.byref(params))
+    finally:
+        llama_cpp.llama_log_set(default_log, ctypes.c_void_p(0))
+    log = "".join(lines).splitlines()
+    for line in log:
+        if "WARNING" in line:
+            print(f"llama.cpp: {line.split(': ', 1)[-1].strip()}", flush=True)
+    if failed:
+        raise UserError(f"llama.cpp could not quantize {source_gguf} to {quant}: " + " | ".join(log[-3:]))
+    return tensor_types(output)
+
+
+def tensor_types(path: Path) -> dict[str, int]:
+    """How many tensors of a GGUF file have each type, e.g. {"Q4_K": 193, "Q6_K": 33, "F32": 65}."""
+    from collections import Counter
+
+    import gguf
+
+    return dict(Counter(t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors).most_common())
 
 
 def write_gguf(source: Path, output: Path, quant: str) -> int:
