@@ -189,7 +189,7 @@ def quant_types(reader) -> dict[str, str]:
 
 def test_k_quants_and_llama_cpps_fallback(tmp_path):
     import_llama_cpp()
-    wide = random_llama(tmp_path / "wide", TOKENIZERS["embedded"], "human_assistant", None, width=256)
+    wide = random_llama(tmp_path / "wide", TOKENIZERS["embedded"], "llama2_inst", RUN_SYSTEM, width=256)
     narrow = random_llama(tmp_path / "narrow", TOKENIZERS["embedded"], "human_assistant", None, width=128)
     sizes = {}
     main = {"q4_k_m": "Q4_K", "q5_k_m": "Q5_K", "q6_k": "Q6_K", "q4_0": "Q4_0", "q8_0": "Q8_0", "f16": "F16"}
@@ -200,6 +200,15 @@ def test_k_quants_and_llama_cpps_fallback(tmp_path):
     assert quant_types(gguf.GGUFReader(str(tmp_path / "wide.q4_k_m.gguf")))["output.weight"] == "Q6_K"
     assert sizes["q4_0"] < sizes["q5_k_m"] < sizes["q6_k"] < sizes["q8_0"] < sizes["f16"]
     assert sizes["q4_k_m"] < sizes["q5_k_m"]
+    # llama.cpp's quantizer keeps the template and special ids: the q4_k_m chat prompt is llama2ft-chat's
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(wide))
+    reader = gguf.GGUFReader(str(tmp_path / "wide.q4_k_m.gguf"))
+    assert field(reader, "tokenizer.chat_template") == tok.chat_template
+    assert field(reader, "tokenizer.ggml.add_bos_token") is True and field(reader, "tokenizer.ggml.bos_token_id") == 1
+    chat = ChatModel(None, tok, get_template("llama2_inst", RUN_SYSTEM), 256, "t")
+    assert_prompts_and_answers_alike(chat, llama(tmp_path / "wide.q4_k_m.gguf", vocab_only=True), answers=False)
     # rows of 128: llama.cpp's own fallback (q4_K -> q5_0, q5_K -> q5_1, q6_K -> q8_0)
     for quant, kind in (("q4_k_m", "Q5_0"), ("q5_k_m", "Q5_1"), ("q6_k", "Q8_0")):
         types = quant_types(export_ok(narrow, tmp_path / f"narrow.{quant}.gguf", f"quant={quant}", "modelfile=false"))
