@@ -51,8 +51,8 @@ for f in sorted(Path(args["base"]).glob("*.safetensors")):
 """,
     "ours": """
 from omegaconf import OmegaConf
-cfg = OmegaConf.load(args["config"])
-cfg.merge_with({"base": args["base"], "adapters": [args["adapter"]], "output": args["out"], "dtype": "float16",
+from llama2ft.config.app_schemas import MergeConfig
+cfg = OmegaConf.merge(OmegaConf.structured(MergeConfig), {"base": args["base"], "adapters": [args["adapter"]], "output": args["out"], "dtype": "float16",
                 "verify": False, "max_shard_size": "250MB", "tokenizer": args["base"]})
 llama2ft.merge.run_merge(cfg)
 """,
@@ -163,7 +163,7 @@ def main() -> None:
         print(f"built {sum(shard_sizes) / 1e9:.2f} GB in {len(shard_sizes)} shards (largest "
               f"{max(shard_sizes) / 1e6:.0f} MB), adapter {adapter_size / 1e6:.0f} MB in "
               f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-        common = {"base": str(base), "adapter": str(adapter), "config": str(ROOT / "configs" / "merge.yaml")}
+        common = {"base": str(base), "adapter": str(adapter)}
         r = {s: measure(s, {**common, "out": str(work / f"out-{s}")}) for s in ("baseline", "peft")}
         for _ in range(a.repeat):  # interleaved, best of each: page-cache writeback makes single runs noisy
             for s in ("copy", "ours"):

@@ -17,14 +17,16 @@ from omegaconf import DictConfig
 from llama2ft.config.hydra_app import hydra_command
 from llama2ft.core.errors import ConfigError, UserError
 from llama2ft.core.files import atomic_dir
+from llama2ft.data.chat_formats import publish_template
+from llama2ft.data.dialogue import Turn
 from llama2ft.model.loading import DTYPES, open_tokenizer, save_tokenizer
 from llama2ft.model.rope import ROPE_TYPES, scaling_of
 from llama2ft.model.run_folder import write_chat_meta
 from llama2ft.publishing.merge import Inputs, check_fits, inputs_from_paths, inputs_from_run, read_adapter, \
     write_config, write_weights
-from llama2ft.publishing.model_card import CardInfo, write_card
+from llama2ft.publishing.model_card import EXAMPLE, CardInfo, write_card
 from llama2ft.publishing.safetensors_stream import base_tensors, parse_size
-from llama2ft.publishing.verify import TOLERANCE, prompt_ids, verify
+from llama2ft.publishing.verify import TOLERANCE, prompt_ids, prompt_template, verify
 
 
 def resolve_inputs(cfg: DictConfig) -> Inputs:
@@ -67,6 +69,9 @@ def run_merge(cfg: DictConfig) -> Path:
     adapters = [read_adapter(a) for a in inp.adapters]
     layout = check_fits(adapters, base)
     tok = open_tokenizer(str(inp.tokenizer))
+    template = prompt_template(inp.template, inp.system)
+    for note in publish_template(tok, template):  # the tokenizer's chat_template: the training template
+        print(note, flush=True)
 
     with atomic_dir(output, exists="replace" if cfg.overwrite else "error") as tmp:
         shards = write_weights(layout, adapters, tmp, dtype, parse_size(str(cfg.max_shard_size)))
@@ -76,7 +81,8 @@ def run_merge(cfg: DictConfig) -> Path:
         ids = prompt_ids(inp.template, inp.system, tok)
         card = CardInfo(base=str(cfg.base_name or _base_name(inp)), adapters=[str(a) for a in inp.adapters],
                         dtype=dtype_name, run=inp.run, run_cfg=inp.run_cfg, template=inp.template,
-                        system=inp.system, example_prompt=tok.decode(ids[0]), output_name=output.name)
+                        system=inp.system, example_prompt=template.prompt([Turn("human", EXAMPLE)], tok),
+                        output_name=output.name, folder=tmp)
         write_card(card, tmp / "README.md")
         if cfg.verify:
             diff, tol = verify(inp.base, inp.adapters, tmp, ids, layout["model.embed_tokens.weight"].shape[0],

@@ -152,7 +152,7 @@ def test_model_card(merged):
                  "library_name: transformers", "pipeline_tag: text-generation"):
         assert line in header, line
     assert card.startswith("---\n")
-    assert "Template `human_assistant`" in card and "<s>Human: 你好" in card and "Assistant: " in card
+    assert "Template `human_assistant`" in card and "<s>Human: 你好" in card and "<s>Assistant:\n```" in card
     assert "| LoRA | r=8, alpha=16" in card  # training config
     assert "| trained_tokens |" in card  # data_stats.json
     assert "| eval_loss |" in card  # metrics.json
@@ -327,3 +327,27 @@ def test_failed_verification_leaves_no_output(tiny_run, tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"verification failed: merged logits differ .* by up to \d"):
         merge_mod.run_merge(cfg)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dora", [False, True])
+def test_fold_in_blocks_equals_the_whole_sum_rounded_once(dtype, dora):
+    """add_lora_ with its reused float32 block buffer: W + scale*B@A (DoRA: each row rescaled to its
+    magnitude) summed in float32 and rounded once, as the whole product computed in float64 is (an
+    odd number of rows: a last, shorter block)."""
+    from llama2ft.publishing import merge as merge_lib
+
+    torch.manual_seed(0)
+    rows, cols = 2 * merge_lib._BLOCK // 96 + 5, 96
+    w = (torch.randn(rows, cols) * 0.02).to(dtype)
+    a, b = torch.randn(8, cols) * 0.1, torch.randn(rows, 8) * 0.1
+    magnitude = torch.rand(rows) + 0.5 if dora else None
+    want = w.double() + 1.5 * (b.double() @ a.double())
+    if dora:
+        want = want * (magnitude.double() / want.norm(dim=1)).unsqueeze(1)
+    got = w.clone()
+    merge_lib.add_lora_(got, a, b, 1.5, magnitude, torch.empty(merge_lib._BLOCK))
+    ulp = {torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float32: 1e-5}[dtype]
+    assert torch.allclose(got.double(), want.to(dtype).double(), rtol=ulp, atol=ulp * 0.02)
+    if dtype != torch.float32:  # one rounding: no further from the exact sum than rounding it is (float32 math aside)
+        assert (got.double() - want).abs().max() <= (want.to(dtype).double() - want).abs().max() * 1.01

@@ -113,8 +113,12 @@ class ExportConfig:
     format: str = "gguf"
     source: Optional[str] = None
     output: Optional[str] = None
-    quant: str = "f16"  # f16 | q8_0 | f32; 1-D tensors (norms) stay float32, as llama.cpp's converter does
-    overwrite: bool = False
+    # q4_k_m | q5_k_m | q6_k | q4_0 (llama.cpp's quantizer, from an f16 file) | q8_0 | f16 | f32; 1-D tensors
+    # (norms) stay float32, as llama.cpp's converter does
+    quant: str = "f16"
+    modelfile: bool = True  # also write <output stem>.Modelfile beside the GGUF, for `ollama create`
+    threads: int = 0  # threads of llama.cpp's quantizer (0: all cores)
+    overwrite: bool = False  # replace an existing output (and its Modelfile), once the new one is complete
 
 
 @dataclass

@@ -24,6 +24,9 @@ from llama2ft.data.dialogue import ASSISTANT, HUMAN, Turn, canonical_blocks, par
 
 IGNORE_INDEX = -100
 TEMPLATE_NAMES = ("human_assistant", "llama2_inst", "chat_template")
+# How every chat_template llama2ft writes (data/chat_formats.py) begins: in those, a first system message
+# with empty content means no system prompt (without one, the run's own applies).
+PUBLISHED_MARK = "{#- llama2ft"
 
 
 class Tokenizer(Protocol):
@@ -70,25 +73,60 @@ class Template:
         return self.render(parse_dialogue(cell), tok)
 
 
-class HumanAssistant(Template):
-    """`<s>Human: Q\\n</s><s>Assistant: A\\n</s>`: the Llama2 Chinese community's format."""
+@dataclass(frozen=True)
+class Layout:
+    """The text a template puts around each part of a conversation: the one definition of its format.
+    Its Python rendering (training, chat, API, eval) below and the templates a published model carries
+    (data/chat_formats.py: transformers' Jinja `chat_template`, Ollama's TEMPLATE) are all made from it.
+    `{bos}` and `{eos}` stand for the tokenizer's BOS/EOS strings."""
 
-    name = "human_assistant"
+    question: tuple[str, str]  # before and after a human turn's text
+    answer_head: str  # before an answer, not trained: a generation prompt ends with it
+    answer: tuple[str, str]  # before and after an answer's text: trained, with the answer
+    system: Optional[tuple[str, str]] = None  # around the system prompt, put before the first question
+    strip: bool = False  # contents (the first question with its system prompt) stripped of surrounding space
+
+    def resolved(self, bos: str, eos: str) -> "Layout":
+        """The layout with the tokenizer's BOS/EOS strings in place of `{bos}`/`{eos}`."""
+        def fill(text: str) -> str:
+            return text.replace("{bos}", bos).replace("{eos}", eos)
+
+        return Layout((fill(self.question[0]), fill(self.question[1])), fill(self.answer_head),
+                      (fill(self.answer[0]), fill(self.answer[1])),
+                      None if self.system is None else (fill(self.system[0]), fill(self.system[1])), self.strip)
+
+
+class LayoutTemplate(Template):
+    """A template whose text is its `layout` (human_assistant, llama2_inst)."""
+
+    layout: Layout
 
     def render(self, turns: list[Turn], tok: Tokenizer) -> Rendered:
-        text, spans = "", []
+        lay = self.layout.resolved(tok.bos_token, tok.eos_token)
+        text, spans, asked = "", [], False
         for turn in turns:
             if turn.role == HUMAN:
-                text += f"{tok.bos_token}Human: {turn.text}\n{tok.eos_token}"
+                content = turn.text
+                if not asked and self.system and lay.system is not None:
+                    content = f"{lay.system[0]}{self.system}{lay.system[1]}{content}"
+                text += f"{lay.question[0]}{content.strip() if lay.strip else content}{lay.question[1]}"
+                asked = True
             else:
-                text += f"{tok.bos_token}Assistant:"
+                text += lay.answer_head
                 start = len(text)
-                text += f" {turn.text}\n{tok.eos_token}"
+                text += f"{lay.answer[0]}{turn.text.strip() if lay.strip else turn.text}{lay.answer[1]}"
                 spans.append((start, len(text)))
         return Rendered(text, tuple(spans))
 
     def prompt(self, turns: list[Turn], tok: Tokenizer) -> str:
-        return self.render(turns, tok).text + f"{tok.bos_token}Assistant:"
+        return self.render(turns, tok).text + self.layout.resolved(tok.bos_token, tok.eos_token).answer_head
+
+
+class HumanAssistant(LayoutTemplate):
+    """`<s>Human: Q\\n</s><s>Assistant: A\\n</s>`: the Llama2 Chinese community's format (no system prompt)."""
+
+    name = "human_assistant"
+    layout = Layout(question=("{bos}Human: ", "\n{eos}"), answer_head="{bos}Assistant:", answer=(" ", "\n{eos}"))
 
     def render_cell(self, cell: str, tok: Tokenizer, canonical: Optional[bool] = None) -> Rendered:
         # A cell written exactly as this template renders is its own rendering: only the answers'
@@ -105,38 +143,23 @@ class HumanAssistant(Template):
 
 def _answer_spans(cell: str) -> list[tuple[int, int]]:
     """Spans of the answers of a canonical cell: from the space after `<s>Assistant:` to its `</s>`."""
-    spans, head = [], "<s>Assistant:"
+    lay = HumanAssistant.layout.resolved("<s>", "</s>")
+    spans, head, tail = [], lay.answer_head, lay.answer[1]
     start = cell.find(head)
     while start != -1:
-        end = cell.find("\n</s>", start) + 5
+        end = cell.find(tail, start) + len(tail)
         spans.append((start + len(head), end))
         start = cell.find(head, end)
     return spans
 
 
-class Llama2Inst(Template):
+class Llama2Inst(LayoutTemplate):
     """Llama-2 chat's own format, as its chat template renders it (contents stripped):
     `<s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{q} [/INST] {a} </s><s>[INST] {q2} [/INST]`."""
 
     name = "llama2_inst"
-
-    def render(self, turns: list[Turn], tok: Tokenizer) -> Rendered:
-        text, spans, asked = "", [], 0
-        for turn in turns:
-            if turn.role == HUMAN:
-                content = turn.text
-                if asked == 0 and self.system:
-                    content = f"<<SYS>>\n{self.system}\n<</SYS>>\n\n{content}"
-                text += f"{tok.bos_token}[INST] {content.strip()} [/INST]"
-                asked += 1
-            else:
-                start = len(text)
-                text += f" {turn.text.strip()} {tok.eos_token}"
-                spans.append((start, len(text)))
-        return Rendered(text, tuple(spans))
-
-    def prompt(self, turns: list[Turn], tok: Tokenizer) -> str:
-        return self.render(turns, tok).text
+    layout = Layout(question=("{bos}[INST] ", " [/INST]"), answer_head="", answer=(" ", " {eos}"),
+                    system=("<<SYS>>\n", "\n<</SYS>>\n\n"), strip=True)
 
 
 class ChatTemplate(Template):
@@ -147,8 +170,10 @@ class ChatTemplate(Template):
     name = "chat_template"
     spans_end_with_eos = False  # a model's template may close a turn with more than EOS
 
-    def _messages(self, turns: list[Turn]) -> list[dict[str, str]]:
+    def _messages(self, turns: list[Turn], tok: Any) -> list[dict[str, str]]:
         system = [{"role": "system", "content": self.system}] if self.system else []
+        if not system and is_published(tok.chat_template):  # it has a default system prompt: say none
+            system = [{"role": "system", "content": ""}]
         return system + [{"role": "user" if t.role == HUMAN else "assistant", "content": t.text} for t in turns]
 
     def _apply(self, tok: Any, turns: list[Turn], generation_prompt: bool) -> str:
@@ -156,7 +181,7 @@ class ChatTemplate(Template):
             raise UserError("template=chat_template: this tokenizer has no chat_template "
                             "(use human_assistant or llama2_inst)")
         try:
-            return tok.apply_chat_template(self._messages(turns), tokenize=False,
+            return tok.apply_chat_template(self._messages(turns, tok), tokenize=False,
                                            add_generation_prompt=generation_prompt)
         except Exception as exc:  # a jinja error raised by the model's template, e.g. roles out of order
             raise UserError(f"the tokenizer's chat_template failed: {exc}") from exc
@@ -176,6 +201,12 @@ class ChatTemplate(Template):
 
     def prompt(self, turns: list[Turn], tok: Tokenizer) -> str:
         return self._apply(tok, turns, True)
+
+
+def is_published(chat_template: Any) -> bool:
+    """Whether a tokenizer's chat_template was written by llama2ft (its default one, for named ones)."""
+    default = chat_template.get("default") if isinstance(chat_template, dict) else chat_template
+    return isinstance(default, str) and default.startswith(PUBLISHED_MARK)
 
 
 def get_template(name: str, system: Optional[str] = None) -> Template:

@@ -5,19 +5,30 @@ Tokenizer: llama.cpp's "llama" (sentencepiece-style) tokenizer. Our tokenizers a
 with `▁` for spaces, which is what that tokenizer implements; the BPE merges become scores (earlier
 merge = higher score), so its greedy highest-score merging reproduces the BPE merge order. llama.cpp's
 "gpt2" tokenizer would be wrong here: it expects byte-level (GPT-2 alphabet) BPE.
+
+The file carries what llama.cpp needs to prompt the model as it trained: the tokenizer's chat_template
+(`tokenizer.chat_template`, named ones as `tokenizer.chat_template.NAME`), BOS/EOS/pad ids, and whether
+the tokenizer adds BOS/EOS and a `▁` in front of a text, all decided from what the tokenizer does.
+f32/f16/q8_0 are written here; q4_0 and the k-quants are made from an f16 (or f32) file by llama.cpp's
+own quantizer (`llama_model_quantize` in llama-cpp-python), which also picks llama.cpp's fallback type
+for a tensor whose rows a k-quant cannot take (not a multiple of 256).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
 from llama2ft.core.errors import UserError
-from llama2ft.publishing.safetensors_stream import TensorInfo, base_tensors, read_tensor
+from llama2ft.publishing.safetensors_stream import TensorInfo, TensorReader, base_tensors, read_tensor
 
-QUANTS = ("f16", "q8_0", "f32")
+DIRECT = ("f16", "q8_0", "f32")  # written by this module
+# made by llama.cpp's quantizer from an unquantized file: quant -> llama_cpp's file type constant
+LLAMA_CPP_QUANTS = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+                    "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
+QUANTS = ("q4_k_m", "q5_k_m", "q6_k", "q4_0", "q8_0", "f16", "f32")
 LAYER_NAMES = {  # HF suffix in model.layers.N -> GGUF name in blk.N
     "input_layernorm.weight": "attn_norm.weight",
     "self_attn.q_proj.weight": "attn_q.weight",
@@ -70,13 +81,13 @@ def tensor_dtype(quant: str, info: TensorInfo) -> tuple[Any, int]:
     return Q.F16, n * 2
 
 
-def converted(name: str, info: TensorInfo, qtype: Any, cfg: dict) -> np.ndarray:
+def converted(name: str, info: TensorInfo, qtype: Any, cfg: dict, reader: Optional[TensorReader] = None) -> np.ndarray:
     """The tensor as GGUF stores it (permuted for q/k, cast or quantized)."""
     import torch
     from gguf import GGMLQuantizationType as Q
     from gguf import quants
 
-    w = read_tensor(info).to(torch.float32).numpy()
+    w = (reader.read(info) if reader else read_tensor(info)).to(torch.float32).numpy()
     if name.endswith("attn_q.weight"):
         w = permute_qk(w, cfg["num_attention_heads"])
     elif name.endswith("attn_k.weight"):
@@ -86,22 +97,38 @@ def converted(name: str, info: TensorInfo, qtype: Any, cfg: dict) -> np.ndarray:
     return np.ascontiguousarray(w.astype(np.float16 if qtype == Q.F16 else np.float32))
 
 
-def adds_space_prefix(spec: dict) -> bool:
-    """Whether a tokenizer.json prepends `▁` to every text it encodes (also after each special token, as
-    llama.cpp's add_space_prefix does): a `Prepend("▁")` normalizer or an always-prepending Metaspace."""
-    def walk(node: object) -> bool:
-        if isinstance(node, list):
-            return any(walk(n) for n in node)
-        if not isinstance(node, dict):
-            return False
-        if node.get("type") == "Prepend" and node.get("prepend") == "\u2581":
-            return True
-        if node.get("type") == "Metaspace" and (node.get("prepend_scheme") == "always"
-                                                 or node.get("add_prefix_space") is True):
-            return True
-        return any(walk(v) for k, v in node.items() if k in ("normalizers", "pretokenizers"))
+def adds_space_prefix(tok: Any) -> bool:
+    """Whether the tokenizer puts a `▁` in front of a text it encodes, as llama.cpp's add_space_prefix
+    does: decided from what it does (the first piece of a probe word), not from how tokenizer.json
+    spells it (a Prepend normalizer, a Metaspace with prepend_scheme always or first, legacy or not)."""
+    ids = tok("Human", add_special_tokens=False)["input_ids"]
+    return bool(ids) and tok.convert_ids_to_tokens(ids[0]).startswith("\u2581")
 
-    return walk(spec.get("normalizer")) or walk(spec.get("pre_tokenizer"))
+
+def adds_bos_eos(tok: Any) -> tuple[bool, bool]:
+    """Whether the tokenizer adds BOS / EOS around a text (add_special_tokens=True), as it does."""
+    ids = tok("a")["input_ids"]
+    return (bool(ids) and ids[0] == tok.bos_token_id and tok.bos_token_id is not None,
+            bool(ids) and ids[-1] == tok.eos_token_id and tok.eos_token_id is not None)
+
+
+def chat_templates(source: Path, tok: Any) -> Any:
+    """The chat template(s) the GGUF carries: the tokenizer's (a string, or named ones as a list
+    of {name, template}); for a llama2ft folder merged before templates were written into the
+    tokenizer, the one made from its llama2ft.json; else None."""
+    from llama2ft.data.chat_formats import published_template
+    from llama2ft.data.templates import get_template
+    from llama2ft.model.run_folder import read_chat_meta
+
+    current = tok.chat_template
+    if isinstance(current, dict):
+        return [{"name": name, "template": text} for name, text in current.items()]
+    if current:
+        return current
+    meta = read_chat_meta(source)
+    if meta.get("template") in ("human_assistant", "llama2_inst"):
+        return published_template(get_template(meta["template"], meta.get("system")), tok)
+    return None
 
 
 def vocab_entries(source: Path, vocab_size: int) -> tuple[list[bytes], list[float], list[int], Any]:
@@ -159,6 +186,80 @@ def rope_scaling_keys(rope: dict) -> list[tuple[str, Any]]:
                     "train with model.rope_scaling.rope_type=linear or yarn to export it")
 
 
+def add_tokenizer(w: Any, source: Path, vocab_size: int) -> Any:
+    """The tokenizer's keys: vocabulary, special ids, what it adds, its chat template(s)."""
+    tokens, scores, types, tok = vocab_entries(source, vocab_size)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(tok.bos_token_id)
+    w.add_eos_token_id(tok.eos_token_id)
+    if tok.unk_token_id is not None:
+        w.add_unk_token_id(tok.unk_token_id)
+    w.add_pad_token_id(tok.pad_token_id if tok.pad_token_id is not None else tok.unk_token_id)
+    bos, eos = adds_bos_eos(tok)
+    w.add_add_bos_token(bos)
+    w.add_add_eos_token(eos)
+    # Llama-2's tokenizer puts a `▁` in front of every text it encodes (after each special token too), the
+    # embedded one does not: llama.cpp must do the same to tokenize typed prompts as transformers does
+    w.add_add_space_prefix(adds_space_prefix(tok))
+    templates = chat_templates(source, tok)
+    if templates:
+        w.add_chat_template(templates)
+    return tok
+
+
+def unquantized_type(source: Path) -> str:
+    """The type of the file llama.cpp quantizes from: f32 when the weights are float32, else f16."""
+    return "f32" if any(info.dtype == "float32" and len(info.shape) == 2 for info in base_tensors(source).values()) \
+        else "f16"
+
+
+def quantize(source_gguf: Path, output: Path, quant: str, threads: int = 0) -> dict[str, int]:
+    """llama.cpp's quantizer (as `llama-quantize` runs it): tensor by tensor from `source_gguf`. Its
+    per-tensor log is kept back: its warnings (e.g. how many tensors took a fallback type) are printed,
+    and the end of it goes into the error when it fails. Returns how many tensors got each type."""
+    import ctypes
+
+    try:
+        import llama_cpp
+        from llama_cpp._logger import llama_log_callback as default_log  # llama-cpp-python's own
+    except ImportError as exc:
+        raise UserError(f"quant={quant} uses llama.cpp's quantizer: pip install 'llama2ft[quantize]' "
+                        "(llama-cpp-python)") from exc
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, LLAMA_CPP_QUANTS[quant])
+    params.nthread = threads  # 0: llama.cpp's default (the machine's cores)
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def keep(level: int, text: bytes, user_data: Any) -> None:
+        lines.append(text.decode("utf-8", "replace"))
+
+    llama_cpp.llama_log_set(keep, ctypes.c_void_p(0))
+    try:
+        failed = llama_cpp.llama_model_quantize(str(source_gguf).encode(), str(output).encode(), ctypes.byref(params))
+    finally:
+        llama_cpp.llama_log_set(default_log, ctypes.c_void_p(0))
+    log = "".join(lines).splitlines()
+    for line in log:
+        if "WARNING" in line:
+            print(f"llama.cpp: {line.split(': ', 1)[-1].strip()}", flush=True)
+    if failed:
+        raise UserError(f"llama.cpp could not quantize {source_gguf} to {quant}: " + " | ".join(log[-3:]))
+    return tensor_types(output)
+
+
+def tensor_types(path: Path) -> dict[str, int]:
+    """How many tensors of a GGUF file have each type, e.g. {"Q4_K": 193, "Q6_K": 33, "F32": 65}."""
+    from collections import Counter
+
+    import gguf
+
+    return dict(Counter(t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors).most_common())
+
+
 def write_gguf(source: Path, output: Path, quant: str) -> int:
     """Write the GGUF file (to `output`, caller makes it atomic); returns the number of tensors."""
     import gguf
@@ -184,22 +285,7 @@ def write_gguf(source: Path, output: Path, quant: str) -> int:
     w.add_vocab_size(cfg["vocab_size"])
     w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                      "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant])
-    tokens, scores, types, tok = vocab_entries(source, cfg["vocab_size"])
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(tok.bos_token_id)
-    w.add_eos_token_id(tok.eos_token_id)
-    if tok.unk_token_id is not None:
-        w.add_unk_token_id(tok.unk_token_id)
-    w.add_pad_token_id(tok.pad_token_id if tok.pad_token_id is not None else tok.unk_token_id)
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
-    # Llama-2's tokenizer puts a `▁` in front of every text it encodes (after each special token too), the
-    # embedded one does not: llama.cpp must do the same to tokenize typed prompts as transformers does
-    w.add_add_space_prefix(adds_space_prefix(json.loads(tok.backend_tokenizer.to_str())))
-
+    add_tokenizer(w, source, cfg["vocab_size"])
     plan = [(gguf_name(k), info, *tensor_dtype(quant, info)) for k, info in tensors.items()
             if not k.endswith("rotary_emb.inv_freq")]
     for name, info, qtype, nbytes in plan:
@@ -212,7 +298,8 @@ def write_gguf(source: Path, output: Path, quant: str) -> int:
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
-    for name, info, qtype, _ in plan:  # one tensor in memory at a time
-        w.write_tensor_data(converted(name, info, qtype, cfg))
+    reader = TensorReader()
+    for name, info, qtype, _ in plan:  # one tensor in memory at a time, written before the next is read
+        w.write_tensor_data(converted(name, info, qtype, cfg, reader))
     w.close()
     return len(plan)

@@ -20,8 +20,8 @@ from llama2ft.core.files import is_hub_id
 from llama2ft.inference.sampling import Sampling
 from llama2ft.model.rope import apply_rope_scaling
 from llama2ft.model.run_folder import RunDir, check_adapter, read_run, tokenizer_source
-from llama2ft.publishing.safetensors_stream import (TensorInfo, plan_shards, read_tensor, shard_names, tensor_nbytes,
-                                                    write_shard)
+from llama2ft.publishing.safetensors_stream import (TensorInfo, TensorReader, plan_shards, read_tensor, shard_names,
+                                                    tensor_nbytes, write_shard)
 
 _PEFT_PREFIX = "base_model.model."
 KILL_HOOK = "LLAMA2FT_MERGE_KILL_AFTER_SHARDS"  # tests: SIGKILL ourselves mid-write
@@ -191,17 +191,23 @@ def check_fits(adapters: list[Adapter], base: dict[str, TensorInfo]) -> dict[str
 
 
 # ---------------------------------------------------------------- merge
-def add_lora_(w: Any, a: Any, b: Any, scale: float, magnitude: Optional[Any] = None) -> None:
-    """w += scale * B @ A, in place, a block of rows at a time: each block is summed in float32 and
-    rounded once to w's dtype, and stays in cache (no float32 copy of the whole weight). With a DoRA
-    `magnitude`, each row of the sum is then rescaled to that row's magnitude (a row's norm needs only
-    that row, so this stays block by block)."""
+_BLOCK = 1 << 18  # elements of one block of rows: 1 MB of float32, stays in (L2) cache
+
+
+def add_lora_(w: Any, a: Any, b: Any, scale: float, magnitude: Optional[Any] = None,
+              work: Optional[Any] = None) -> None:
+    """w += scale * B @ A, in place, a block of rows at a time: each block is summed in float32 (in
+    `work`, a reused float32 buffer of at least `_BLOCK` elements or one row: fresh memory per block costs
+    page faults) and rounded once to w's dtype, and stays in cache (no float32 copy of the whole weight).
+    With a DoRA `magnitude`, each row of the sum is then rescaled to that row's magnitude (a row's norm
+    needs only that row, so this stays block by block)."""
     import torch
 
-    step = max(1, (1 << 16) // max(1, w.shape[1]))  # 64K elements: 256 KB of float32 per block
+    step = max(1, _BLOCK // max(1, w.shape[1]))
+    work = torch.empty(step * w.shape[1], dtype=torch.float32) if work is None else work
     for i in range(0, w.shape[0], step):
         rows = w[i:i + step]
-        acc = rows if rows.dtype == torch.float32 else rows.to(torch.float32)
+        acc = rows if rows.dtype == torch.float32 else work[:rows.numel()].view(rows.shape).copy_(rows)
         acc.addmm_(b[i:i + step], a, alpha=scale)
         if magnitude is not None:
             acc.mul_((magnitude[i:i + step] / torch.linalg.norm(acc, dim=1)).unsqueeze(1))
@@ -209,14 +215,20 @@ def add_lora_(w: Any, a: Any, b: Any, scale: float, magnitude: Optional[Any] = N
             rows.copy_(acc)
 
 
-def merged_tensor(key: str, info: TensorInfo, adapters: list[Adapter], dtype: Any) -> Any:
-    """One output tensor: base weight, then each adapter in order (saved copy replaces, LoRA adds)."""
+def merged_tensor(key: str, info: TensorInfo, adapters: list[Adapter], dtype: Any,
+                  reader: Optional[TensorReader] = None, work: Optional[Any] = None) -> Any:
+    """One output tensor: base weight, then each adapter in order (saved copy replaces, LoRA adds).
+    A base tensor that goes out unchanged is returned as its `TensorInfo` (copied file to file);
+    one read through `reader` is valid until its next read."""
     import torch
 
     # an adapter's saved copy replaces everything before it: start from the last one (or the base)
     start = max((i for i, ad in enumerate(adapters) if key in ad.saved), default=-1)
-    w = read_tensor(info) if start < 0 and info.file is not None else None
-    owned = w is not None  # a fresh buffer of ours: safe to update in place
+    if start < 0 and info.file is not None and info.dtype == str(dtype).removeprefix("torch.") \
+            and not any(key in ad.deltas for ad in adapters):
+        return info
+    w = (reader.read(info) if reader else read_tensor(info)) if start < 0 and info.file is not None else None
+    owned = w is not None  # a buffer of ours: safe to update in place
     for ad in adapters[max(start, 0):]:
         if key in ad.saved:
             w, owned = ad.saved[key], False
@@ -226,7 +238,7 @@ def merged_tensor(key: str, info: TensorInfo, adapters: list[Adapter], dtype: An
             elif not owned:
                 w, owned = w.clone(), True
             a, b, scale = ad.deltas[key]
-            add_lora_(w, a, b, scale, ad.magnitudes.get(key))
+            add_lora_(w, a, b, scale, ad.magnitudes.get(key), work)
     if w is None:
         raise UserError(f"{key} is neither in the base nor in an adapter")
     if w.is_floating_point() and w.dtype != dtype:
@@ -244,11 +256,15 @@ def write_weights(layout: dict[str, TensorInfo], adapters: list[Adapter], tmp: P
     shards = plan_shards(list(out_info.items()), max_shard)
     names = shard_names(len(shards))
     kill_after = int(os.environ.get(KILL_HOOK, "0"))
+    # reused buffers: for the base tensors read (two, taking turns with the writer) and for the LoRA blocks
+    reader = TensorReader()
+    width = max((layout[k].shape[1] for ad in adapters for k in ad.deltas), default=1)
+    work = torch.empty(max(_BLOCK, width), dtype=torch.float32)
     weight_map, total = {}, 0
     for i, (keys, name) in enumerate(zip(shards, names)):
         shapes = {k: out_info[k] for k in keys}
         # one tensor at a time: written, then dropped before the next is read
-        write_shard(tmp / name, shapes, (merged_tensor(k, layout[k], adapters, dtype) for k in keys))
+        write_shard(tmp / name, shapes, (merged_tensor(k, layout[k], adapters, dtype, reader, work) for k in keys))
         weight_map.update({k: name for k in keys})
         total += sum(out_info[k][2] for k in keys)
         if kill_after and i + 1 >= kill_after:

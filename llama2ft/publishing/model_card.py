@@ -1,5 +1,7 @@
 """The model card (README.md) of a merged model: YAML metadata header, training settings, data
-statistics, final metrics, the prompt template and how to chat with the model."""
+statistics, final metrics, the prompt template, how to chat with the model (transformers'
+`apply_chat_template`, llama.cpp, Ollama) and its files with their sizes (a section that
+`llama2ft-export` refreshes when it writes a GGUF into the folder)."""
 from __future__ import annotations
 
 import json
@@ -21,8 +23,9 @@ class CardInfo:
     dtype: str
     template: str
     system: Optional[str]
-    example_prompt: str
+    example_prompt: str  # the text of one prompt exactly as the template renders it
     output_name: str
+    folder: Optional[Path] = None  # the model's folder: its files are listed
     run: Optional[Path] = None
     run_cfg: Any = None  # the run's resolved training config (DictConfig) when merged from run=
     extra: dict = field(default_factory=dict)
@@ -73,24 +76,77 @@ def _json_section(data: dict, title: str) -> list[str]:
     return ["| key | value |", "|---|---|", *rows, *nested, ""]
 
 
-def usage_snippet(name: str, template: str) -> str:
-    ask = ('"<s>Human: 你好，请介绍一下你自己。\\n</s><s>Assistant: "' if template == "human_assistant"
-           else '"<s>[INST] 你好，请介绍一下你自己。 [/INST]"')
+FILES_START, FILES_END = "<!-- llama2ft:files -->", "<!-- /llama2ft:files -->"
+EXAMPLE = "你好，请介绍一下你自己。"
+
+
+def usage_snippet(name: str) -> str:
+    """transformers: the tokenizer's chat_template renders the training template."""
     return f"""```python
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 path = "{name}"  # this folder
 tokenizer = AutoTokenizer.from_pretrained(path)
 model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", device_map="auto")
-prompt = {ask}
-# the prompt carries its own <s>: do not let the tokenizer add a second one
-inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
-out = model.generate(**inputs)  # sampling defaults come from generation_config.json
+messages = [{{"role": "user", "content": "{EXAMPLE}"}}]
+# the chat_template is the training template: the same token ids llama2ft's chat feeds the model
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                       return_dict=True).to(model.device)
+out = model.generate(**inputs, max_new_tokens=256)  # sampling defaults come from generation_config.json
 print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+```"""
+
+
+def gguf_snippet(name: str, ollama: bool = True) -> str:
+    """llama.cpp (llama-cpp-python) and Ollama on an exported GGUF, which carries the template."""
+    gguf = f"{name}.q4_k_m.gguf"
+    modelfile = f"{Path(gguf).stem}.Modelfile"
+    ollama_line = (f"Ollama: `ollama create {name} -f {name}/{modelfile}`, then `ollama run {name}`." if ollama else
+                   "Ollama needs its own TEMPLATE for this model's chat_template (export writes no Modelfile).")
+    return f"""```bash
+llama2ft-export source={name} output={name}/{gguf} quant=q4_k_m{f"   # also writes {modelfile}" if ollama else ""}
 ```
 
-Or with llama2ft's chat tooling, which renders the same template token by token."""
+```python
+from llama_cpp import Llama
+
+llm = Llama(model_path="{name}/{gguf}", n_ctx=2048)  # renders the GGUF's tokenizer.chat_template
+reply = llm.create_chat_completion(messages=[{{"role": "user", "content": "{EXAMPLE}"}}])
+print(reply["choices"][0]["message"]["content"])
+```
+
+llama.cpp's own tools read the same template: `llama-cli -m {name}/{gguf} --jinja -cnv`,
+`llama-server -m {name}/{gguf} --jinja`. {ollama_line}"""
+
+
+def files_section(folder: Optional[Path]) -> str:
+    """The files of the model's folder with their sizes, between markers that export refreshes."""
+    rows = []
+    if folder is not None:
+        for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name != "README.md"):
+            rows.append(f"| `{path.name}` | {human_size(path.stat().st_size)} |")
+    body = ["| file | size |", "|---|---|", *rows] if rows else ["(files not listed)"]
+    return "\n".join([FILES_START, *body, FILES_END])
+
+
+def human_size(n: int) -> str:
+    for unit, factor in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= factor:
+            return f"{n / factor:.2f} {unit}"
+    return f"{n} B"
+
+
+def refresh_files(card: Path, folder: Path) -> bool:
+    """Rewrite the files section of an existing card (False when it has none, e.g. not ours)."""
+    text = card.read_text(encoding="utf-8") if card.is_file() else ""
+    start, end = text.find(FILES_START), text.find(FILES_END)
+    if start < 0 or end < start:
+        return False
+    new = text[:start] + files_section(folder) + text[end + len(FILES_END):]
+    tmp = card.with_name(card.name + ".tmp")
+    tmp.write_text(new, encoding="utf-8")
+    tmp.replace(card)
+    return True
 
 
 def render_card(info: CardInfo) -> str:
@@ -114,7 +170,11 @@ def render_card(info: CardInfo) -> str:
         "## Prompt template",
         "",
         f"Template `{info.template}`" + (f" with system prompt: {info.system}" if info.system else "") + ". "
-        "An example prompt exactly as the model sees it (the answer is generated after it):",
+        "The tokenizer's `chat_template` (and a GGUF export's `tokenizer.chat_template`) renders it exactly; "
+        + ("it has no system prompt (a `system` message is left out). " if info.template == "human_assistant" else
+           "a first `system` message replaces the system prompt (an empty one: none). ")
+        + "An example prompt exactly as the model sees it (the answer is generated after it, "
+        "so it ends where the answer begins):",
         "",
         "```text",
         info.example_prompt,
@@ -122,7 +182,18 @@ def render_card(info: CardInfo) -> str:
         "",
         "## Usage",
         "",
-        usage_snippet(info.output_name, info.template),
+        usage_snippet(info.output_name),
+        "",
+        "### llama.cpp and Ollama",
+        "",
+        gguf_snippet(info.output_name, ollama=info.template != "chat_template"),
+        "",
+        "Or with llama2ft's chat tooling (`llama2ft-chat model.name_or_path=THIS_FOLDER`), which renders the "
+        "same template token by token.",
+        "",
+        "## Files",
+        "",
+        files_section(info.folder),
         "",
     ]
     return "\n".join(parts)

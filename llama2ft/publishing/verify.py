@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from llama2ft.core.errors import UserError
 from llama2ft.data.dialogue import Turn
-from llama2ft.data.templates import encode_prompt, get_template
+from llama2ft.data.templates import Template, encode_prompt, get_template
 from llama2ft.model.loading import load_model
 
 # Relative tolerance of the verification (max |diff| / max(1, max |logit|)) per output dtype.
@@ -14,12 +14,17 @@ TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 1e-2}
 PROMPTS = ["你好，请介绍一下你自己。", "What is 12 plus 30?", "用一句话解释什么是机器学习。"]
 
 
-def prompt_ids(template_name: str, system: Optional[str], tok: Any) -> list[list[int]]:
-    """The verification prompts, rendered with the template that training used."""
+def prompt_template(template_name: str, system: Optional[str]) -> Template:
+    """The template that training used, by name (an unknown name is a UserError)."""
     try:
-        template = get_template(template_name, system)
+        return get_template(template_name, system)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
+
+
+def prompt_ids(template_name: str, system: Optional[str], tok: Any) -> list[list[int]]:
+    """The verification prompts, rendered with the template that training used."""
+    template = prompt_template(template_name, system)
     return [encode_prompt(template, tok, [Turn("human", p)]) for p in PROMPTS]
 
 

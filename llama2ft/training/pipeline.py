@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from llama2ft.core.errors import UserError
 from llama2ft.core.files import atomic_dir
+from llama2ft.data.chat_formats import publish_template
 from llama2ft.data.pipeline import prepare_data
 from llama2ft.data.preview import describe_first, write_preview
 from llama2ft.data.templates import get_template
@@ -152,6 +153,9 @@ def run_training(cfg: DictConfig, method: Method, out_dir: Path, resume: bool, s
 
 def save_run(trainer: Any, tokenizer: Any, cfg: DictConfig, run: RunDir, metrics: dict) -> None:
     final = run.adapter if cfg.lora.enabled else run.model
+    # the tokenizer travels with the template it trained with, as its chat_template
+    for note in publish_template(tokenizer, get_template(cfg.template.name, cfg.template.system)):
+        print(note, flush=True)
     with atomic_dir(final) as tmp:
         if cfg.lora.enabled:
             save_adapter(trainer.model, tmp, run.initial_adapter if changes_base(cfg.lora) else None)
