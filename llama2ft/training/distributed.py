@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -86,6 +86,29 @@ def main_process_first() -> Iterator[None]:
     yield
     if is_main_process():
         dist.barrier()
+
+
+def _active() -> bool:
+    return world_size() > 1 and dist.is_available() and dist.is_initialized()
+
+
+def largest(value: int) -> int:
+    """The largest of every rank's `value`, on every rank (one all-reduce): how the ranks agree on a stop."""
+    if not _active():
+        return value
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def from_main(value: Any) -> Any:
+    """The main process's `value` on every rank (what it decided, e.g. the checkpoint to resume from)."""
+    if not _active():
+        return value
+    box = [value if is_main_process() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier() -> None:
