@@ -153,6 +153,22 @@ def resume_point(run: RunDir, mode: str) -> Optional[Path]:
     return Path(chosen) if chosen else None
 
 
+def train(trainer: Any, resume_from: Optional[Path]) -> dict:
+    """`trainer.train`, resumed from `resume_from`; its metrics. A checkpoint of the last step (a run stopped
+    during its last step, or a final save that failed) is only loaded: the HF Trainer would train one step past
+    max_steps before it checks the step count."""
+    if resume_from is not None and trainer.args.max_steps > 0:
+        from transformers import TrainerState
+
+        state = TrainerState.load_from_json(str(resume_from / TRAINER_STATE))
+        if state.global_step >= trainer.args.max_steps:
+            trainer._load_from_checkpoint(str(resume_from))
+            trainer.state = state
+            say(f"{resume_from.name} is the last step ({state.global_step}): nothing left to train")
+            return {}
+    return dict(trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).metrics)
+
+
 def rotate(run: RunDir, newest: int, limit: Optional[int]) -> None:
     """After checkpoint `newest` is complete: keep the newest `limit` complete checkpoints (all: None), and drop
     the incomplete ones older than it."""

@@ -101,10 +101,12 @@ class DiskSpace:
         try:
             yield
         except DiskFull:
+            print(file=sys.stderr, flush=True)  # the error on a line of its own, not after the progress bar
             raise
         except Exception as exc:
             if not is_full_disk(exc, self.run.path, need):
                 raise
+            print(file=sys.stderr, flush=True)
             if distributed.is_main_process():
                 for step in self.run.checkpoint_steps():
                     if not (self.run.checkpoint(step) / RunDir.CHECKPOINT_COMPLETE).is_file():

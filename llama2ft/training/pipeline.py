@@ -26,7 +26,7 @@ from llama2ft.model.run_folder import RunDir
 from llama2ft.training import distributed
 from llama2ft.training.answers import show_answers
 from llama2ft.training.arguments import finish_loggers, training_arguments
-from llama2ft.training.checkpoints import Checkpoints, resume_mode, resume_point
+from llama2ft.training.checkpoints import Checkpoints, resume_mode, resume_point, train
 from llama2ft.training.disk_space import DiskSpace, save_estimate, undo_final_save
 from llama2ft.training.distributed import say
 from llama2ft.training.method import Method
@@ -131,7 +131,7 @@ def run_training(cfg: DictConfig, method: Method, out_dir: Path, resume: Any, st
         run.write_state("training", resumed_from=str(resume_from) if resume_from else None)
     started = time.time()
     with stop.installed(), disk.guard("saving a checkpoint", disk.checkpoint_bytes):
-        metrics = dict(trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).metrics)
+        metrics = train(trainer, resume_from)
     if stop.stopped_at is not None:
         finish_loggers(cfg.logger)
         stop.end_run(run, trainer.state.max_steps)
