@@ -50,9 +50,16 @@ def _init_process_group() -> None:
         return
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
-        dist.init_process_group("nccl")
-    else:
-        dist.init_process_group("gloo")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if attempt == "0":
+        dist.init_process_group(backend)
+        return
+    # workers that torchrun restarted: the launcher's store still holds the first attempt's addresses under the
+    # same keys (gloo then connects to the dead workers' ports); each attempt gets keys of its own
+    store, rank, size = next(dist.rendezvous("env://"))
+    dist.init_process_group(backend, store=dist.PrefixStore(f"llama2ft-attempt-{attempt}", store), rank=rank,
+                            world_size=size)
 
 
 def pin_hydra_dirs(argv: list[str], task_name: str) -> list[str]:
