@@ -28,6 +28,7 @@ class Drain:
     def __init__(self, seconds: float, quiet_s: float = 0.0):
         self.seconds, self.quiet_s = float(seconds), quiet_s
         self.in_flight = 0
+        self.left = 0
         self.since: Optional[float] = None
         self._idle_since = time.monotonic()
         self._lock = threading.Lock()
@@ -46,7 +47,10 @@ class Drain:
         if self.since is None:
             return False
         now = time.monotonic()
-        return (self.in_flight == 0 and now - self._idle_since >= self.quiet_s) or now - self.since >= self.seconds
+        if (self.in_flight == 0 and now - self._idle_since >= self.quiet_s) or now - self.since >= self.seconds:
+            self.left = self.in_flight  # cut when the server stops
+            return True
+        return False
 
     def enter(self) -> None:
         with self._lock:
@@ -70,7 +74,7 @@ class Drain:
     def report(self, name: str) -> None:
         if self.since is None:
             return
-        left = f"; {self.in_flight} still running, cancelled" if self.in_flight else ""
+        left = f"; {self.left} still running, cancelled" if self.left else ""
         print(f"{name}: drained in {time.monotonic() - self.since:.1f} s (SIGTERM; up to {self.seconds:g} s){left}",
               flush=True)
 
@@ -79,6 +83,11 @@ class Drain:
         from starlette.middleware import Middleware
 
         return Middleware(DrainMiddleware, drain=self, health=health)
+
+
+# Gradio's stream of the results of events already in its queue: a client opens it just after joining (possibly
+# after SIGTERM came); new work can only enter by joining, which gets 503
+QUEUE_DATA = "/queue/data"
 
 
 class DrainMiddleware:
@@ -93,7 +102,7 @@ class DrainMiddleware:
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
         health = path == "/health"
-        if self.drain.draining:
+        if self.drain.draining and not path.endswith(QUEUE_DATA):
             from fastapi.responses import JSONResponse
 
             if health:

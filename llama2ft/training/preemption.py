@@ -94,8 +94,9 @@ class Preemption:
                             signal=self.signal_name)
         if self.count > 1:
             say(f"({self.count} signals received; the ones after the first changed nothing)")
-        say(f"interrupted by {self.signal_name} at step {step} of {max_steps}: {checkpoint} is complete; "
-            f"the same command continues from it (trainer.resume=auto); exit code {INTERRUPTED_EXIT}")
+        say(f"interrupted by {self.signal_name} at step {step} of {max_steps}: {checkpoint} is complete; the same "
+            f"command with hydra.run.dir={run.path} continues from it (trainer.resume=auto); exit code "
+            f"{INTERRUPTED_EXIT}")
         sys.stdout.flush()
         raise Interrupted()
 
