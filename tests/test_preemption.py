@@ -153,3 +153,25 @@ def test_resume_false_refuses_a_folder_with_checkpoints(smoke_run, tmp_path):
     res = run_app("train", *SMOKE, "trainer.resume=false", f"hydra.run.dir={run.path}")
     assert res.returncode == 2 and "set trainer.resume=auto (the default) or true" in res.stderr
     assert run.checkpoint_steps() == [10] and problem(run.checkpoint(10)) is None
+
+
+@pytest.mark.slow
+def test_a_sweep_stopped_by_sigterm_says_so_and_the_same_command_resumes_it(tmp_path):
+    """SIGTERM in the first job of a sweep: that job stops with its checkpoint, the sweep ends with exit code 75
+    and its summary marks the job interrupted; the same sweep command resumes it and runs the rest."""
+    from test_sweep import summary
+
+    sweep_dir, pauses = tmp_path / "sweep", tmp_path / "pauses"
+    args = ["-m", *SMOKE, "trainer.max_steps=20", "trainer.save_steps=10", "trainer.eval_steps=1000", "lora=r8,r16",
+            f"hydra.sweep.dir={sweep_dir}"]
+    sender = signal_when_paused(pauses, "step-15", signal.SIGTERM)
+    res = run_app("train", *args, env=pause_env(pauses, "step-15"))
+    sender.join()
+    assert res.returncode == INTERRUPTED_EXIT, res.stderr[-3000:]
+    assert [r["status"] for r in summary(sweep_dir)] == ["interrupted at step 15"]
+    assert not (sweep_dir / "1").exists()
+
+    res = run_app("train", *args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"resuming from {RunDir(sweep_dir / '0').checkpoint(15)}" in res.stdout
+    assert [r["status"] for r in summary(sweep_dir)] == ["completed", "completed"]
