@@ -1,5 +1,6 @@
 """A full disk: a run folder on a small tmpfs (root mounts one; elsewhere the test is skipped) that fills while a
-checkpoint is written, while the final adapter is written, and before the final save. Each time: one `error:`
+checkpoint is written, while the final adapter is written, and before the final save, then one that is nearly
+full (a warning). Each time: one `error:`
 line naming the folder, no traceback, exit code 2, the last complete checkpoint kept, no half-written
 checkpoint, adapter/ or metrics.json; once there is room again the same command finishes the run."""
 from __future__ import annotations
@@ -117,11 +118,13 @@ def test_a_full_disk_ends_the_run_with_one_error_and_keeps_the_last_complete_che
     one_error(res, f"not enough disk space for {run.adapter} in {run.path}: it needs about", "MiB free")
     unfinished(run, 20)
 
-    # 4. room again: the same command finishes the run from checkpoint-20
+    # 4. room for the final save but not twice that: a warning, and the same command finishes the run
     for f in small_disk.glob("filler-*"):
         f.unlink()
+    fill(small_disk, leave=9 << 20)  # the final save takes about 6.3 MiB
     res = run_app("train", *args)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert f"warning: the disk of {run.path} is nearly full:" in res.stderr
     assert f"resuming from {run.checkpoint(20)}" in res.stdout
     assert run.read_metrics()["steps_this_run"] == 0 and run.read_state()["state"] == "finished"
     # checkpoint-20 is the last step: loaded, not trained one step further (the HF Trainer would do step 21)
