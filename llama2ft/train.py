@@ -20,17 +20,23 @@ from llama2ft.core.errors import UserError
 from llama2ft.data.pipeline import check_inputs
 from llama2ft.model.run_folder import RunDir
 from llama2ft.training import distributed, sweeps
+from llama2ft.training.checkpoints import resume_problems
+from llama2ft.training.disk_space import DiskFull
 from llama2ft.training.distributed import say
 from llama2ft.training.method import Method
 from llama2ft.training.methods import get_method, method_problems, register_schemas
 from llama2ft.training.pipeline import Start, run_training
+from llama2ft.training.preemption import Interrupted, signal_problems
 from llama2ft.training.start import (embedded_sft_config, embedded_start_folder, from_init, needs_embedded_start,
                                      with_init_from)
 
 
 def checked(cfg: DictConfig) -> Method:
     """The run's method, once every problem of the config (the method's and the start's too) is known."""
-    validate(cfg, method_problems(cfg))
+    tr = cfg.trainer
+    limit = [] if tr.save_total_limit is None or tr.save_total_limit >= 1 else [
+        f"trainer.save_total_limit={tr.save_total_limit}: must be >= 1 (or null: keep every checkpoint)"]
+    validate(cfg, method_problems(cfg) + resume_problems(tr.resume) + signal_problems(tr.stop_signals) + limit)
     return get_method(cfg.method.name)
 
 
@@ -50,7 +56,7 @@ def plan(cfg: DictConfig, out_dir: Path) -> tuple[DictConfig, Method, Start]:
             say(f"method={method.name} on the embedded default: first the tiny SFT model ({folder}), "
                 "as `llama2ft-train` makes it")
             folder.mkdir(parents=True, exist_ok=True)
-            run_training(sft_cfg, sft, folder, resume=RunDir(folder).checkpoints.is_dir())
+            run_training(sft_cfg, sft, folder, resume="auto")
             say(f"\nnow method={method.name} from {folder}\n")
         cfg = with_init_from(cfg, folder)
     cfg, start = from_init(cfg)
@@ -70,7 +76,8 @@ def run_train(cfg: DictConfig) -> Optional[float]:
 
 
 def _sweep_job(cfg: DictConfig, out_dir: Path) -> Optional[float]:
-    """Bad input fails this job only; a rerun skips completed jobs and resumes unfinished ones."""
+    """Bad input fails this job only; a rerun skips completed jobs and resumes unfinished ones. A stop signal
+    or a full disk ends the whole sweep (the next jobs would meet them too), its summary written first."""
     run = RunDir(out_dir)
     try:
         cfg, method, start = plan(cfg, out_dir)
@@ -79,9 +86,13 @@ def _sweep_job(cfg: DictConfig, out_dir: Path) -> Optional[float]:
             say(f"{out_dir}: already completed with this config, skipping")
         else:
             # not written into cfg: the saved config.yaml must stay what the sweep asked for
-            resume = cfg.trainer.resume or run.checkpoints.is_dir()
+            resume = "true" if run.checkpoints.is_dir() else cfg.trainer.resume
             metrics = run_training(cfg, method, out_dir, resume, start)
         run.failed.unlink(missing_ok=True)
+    except (Interrupted, DiskFull):
+        if distributed.is_main_process():
+            sweeps.write(Path(HydraConfig.get().sweep.dir), cfg.objective)
+        raise
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         if distributed.is_main_process():
@@ -100,6 +111,9 @@ def main() -> None:
     sys.argv = [sys.argv[0], *distributed.pin_hydra_dirs(sys.argv[1:], "train")]
     try:
         _hydra_main()
+    except Interrupted:  # every rank stopped at the same step: a clean teardown, then exit code 75
+        distributed.teardown()
+        raise
     except BaseException:
         distributed.teardown(clean=False)
         raise

@@ -66,7 +66,7 @@ def test_killed_sweep_resumes_and_completes(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # a process of its own: kill -9
     proc = subprocess.Popen([sys.executable, "-m", "llama2ft.train", *args], cwd=PROJECT_ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = sweep_dir / "0" / "checkpoints" / "checkpoint-20" / "trainer_state.json"
+    ckpt = sweep_dir / "0" / "checkpoints" / "checkpoint-20" / "llama2ft-complete.json"
     deadline = time.time() + 300
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import run_app, run_cli
 from llama2ft import PROJECT_ROOT
+from llama2ft.training.checkpoints import write_record
 
 pytestmark = pytest.mark.slow
 SMOKE = ["experiment=tiny_smoke"]
@@ -115,21 +116,22 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "llama2ft.train", *common, f"hydra.run.dir={run}"],
                             cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    ckpt = run / "checkpoints" / "checkpoint-20" / "trainer_state.json"
+    ckpt = run / "checkpoints" / "checkpoint-20" / "llama2ft-complete.json"  # the checkpoint is complete
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert ckpt.exists() and not (run / "adapter").exists(), "the run finished before it could be killed"
 
-    res = run_app("train", *common, f"hydra.run.dir={run}")  # without resume: refuses to start over
-    assert res.returncode == 2 and "trainer.resume=true" in res.stderr
+    res = run_app("train", *common, "trainer.resume=false", f"hydra.run.dir={run}")  # refuses to start over
+    assert res.returncode == 2 and "trainer.resume=auto" in res.stderr
     perturbed = tmp_path / "perturbed"
     shutil.copytree(run, perturbed)
     weights = perturbed / "checkpoints" / "checkpoint-20" / "adapter_model.safetensors"
     save_file({k: torch.zeros_like(v) if "lora_B" in k else v for k, v in load_file(weights).items()}, weights)
+    write_record(weights.parent, 20)  # changed on purpose: recorded again, or the resume would skip it
 
-    res = train(run, *common, "trainer.resume=true")
+    res = train(run, *common)  # trainer.resume=auto: the same command continues
     assert "resuming from" in res.stdout
     assert json.loads((run / "metrics.json").read_text())["steps_this_run"] == 40  # 60 - the 20 it read
     assert_same_adapter(tmp_path / "straight", run, atol=1e-6)

@@ -38,6 +38,7 @@ class WebConfig(GenerateConfig):
     concurrency: int = 8  # sessions streaming at once
     max_queue: Optional[int] = 16  # browser requests allowed to wait; more get "busy, try again" (null: no limit)
     max_batch: int = 8  # answers generated together (continuous batching); 1: one at a time
+    drain_seconds: float = 20.0  # on SIGTERM: answers in progress get this long to finish (new ones get 503)
 
 
 @dataclass
@@ -50,6 +51,8 @@ class ServeConfig(GenerateConfig):
     max_request_bytes: int = 1_000_000  # larger request bodies get HTTP 413
     max_batch: int = 8  # requests generated together (continuous batching); 1: one at a time
     engine: str = "transformers"  # transformers | vllm (GPU, the `vllm` extra)
+    # on SIGTERM: requests in flight get this long to finish, new ones get 503 (below Kubernetes' 30 s grace)
+    drain_seconds: float = 20.0
 
 
 @dataclass

@@ -109,9 +109,13 @@ class TrainerConfig:
     logging_steps: int = 10
     eval_steps: int = 100
     save_steps: int = 200
-    save_total_limit: Optional[int] = 3
+    save_total_limit: Optional[int] = 3  # complete checkpoints kept; a new one must be complete before one goes
     seed: int = 42
-    resume: bool = False
+    # auto: continue from the newest complete checkpoint in the run folder, start when there is none (what a
+    # requeued or restarted job needs); true: the same; false: refuse a folder that has checkpoints
+    resume: str = "auto"
+    # caught while training: the current step finishes, a checkpoint is written, exit code 75 ([]: none caught)
+    stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
     dataloader_num_workers: int = 0
     use_cpu: bool = False
     loraplus_lr_ratio: Optional[float] = None  # LoRA+: LoRA B matrices learn this many times faster (e.g. 16)

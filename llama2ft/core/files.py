@@ -5,22 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Literal
 
 from llama2ft.core.errors import UserError
+from llama2ft.core.faults import KILL_AT, kill_point  # noqa: F401 - tests prove a write killed there leaves nothing
 
 Exists = Literal["error", "replace", "keep"]
-# Tests only: the name of a `kill_point` at which this process SIGKILLs itself, to prove that a write
-# killed there leaves nothing half-done.
-KILL_AT = "LLAMA2FT_KILL_AT"
-
-
-def kill_point(name: str) -> None:
-    if os.environ.get(KILL_AT) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def temp_path(final: Path) -> Path:

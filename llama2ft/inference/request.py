@@ -12,6 +12,7 @@ from typing import Any, Iterator, Optional, Protocol
 
 import torch
 
+from llama2ft.core.faults import pause_point
 from llama2ft.inference.sampling import Sampling, cut_at_stop
 
 
@@ -150,6 +151,7 @@ class Generation:
         try:
             while (piece := self._queue.get()) is not None:
                 yield piece
+                pause_point("stream")  # tests: hold a request in flight (core/faults.py)
         finally:
             self._cancel.set()  # a consumer that stops early (client gone) stops the generation too
             if not job.cancel():  # still queued: dropped; running: it stops at its next token

@@ -5,11 +5,15 @@ model carries (written by llama2ft-merge beside a published model).
 
 A finished run holds config.yaml (the resolved training config), data_stats.json, preview.jsonl,
 adapter/ (LoRA) or model/ (full fine-tuning), tokenizer/, metrics.json and loss.png; base_model/ when it
-trained the embedded tiny model; checkpoints/ while (and after) it trains.
+trained the embedded tiny model; checkpoints/ while (and after) it trains, each checkpoint-<step>/ counting
+only once its completion record (llama2ft-complete.json) is written; state.json (training, interrupted with
+its step, finished).
 """
 from __future__ import annotations
 
 import json
+import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -17,6 +21,7 @@ from typing import Any, Optional, Union
 from omegaconf import DictConfig, OmegaConf
 
 from llama2ft.core.errors import UserError
+from llama2ft.core.files import atomic_file
 from llama2ft.model.rope import scaling_of
 
 # Written by llama2ft-merge beside a published model: its template and system prompt, so that chat, web,
@@ -39,6 +44,10 @@ class RunDir:
     CHECKPOINTS = "checkpoints"
     INITIAL_ADAPTER = "adapter_init"  # a PiSSA/OLoRA adapter as it was before training
     FAILED = "FAILED"  # a sweep job that stopped on bad input: its error message
+    STATE = "state.json"  # what the run is doing: training, interrupted (its step, checkpoint, signal), finished
+    CHECKPOINT_PREFIX = "checkpoint-"  # the HF Trainer's checkpoints/checkpoint-<step>/
+    # written last into a checkpoint folder: its files' sizes and sha256 (training/checkpoints.py)
+    CHECKPOINT_COMPLETE = "llama2ft-complete.json"
 
     def __init__(self, path: Union[str, Path]):
         self.path = Path(path).expanduser()
@@ -94,6 +103,21 @@ class RunDir:
     def failed(self) -> Path:
         return self.path / self.FAILED
 
+    @property
+    def state(self) -> Path:
+        return self.path / self.STATE
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"{self.CHECKPOINT_PREFIX}{step}"
+
+    def checkpoint_steps(self) -> list[int]:
+        """The steps of the checkpoint folders there are (complete or not), oldest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        pattern = re.compile(re.escape(self.CHECKPOINT_PREFIX) + r"(\d+)")
+        found = (pattern.fullmatch(p.name) for p in self.checkpoints.iterdir() if p.is_dir())
+        return sorted(int(m.group(1)) for m in found if m)
+
     def is_run(self) -> bool:
         return self.config.is_file()
 
@@ -125,13 +149,21 @@ class RunDir:
     def read_metrics(self) -> dict:
         return _read_json(self.metrics)
 
+    def write_state(self, state: str, **details: Any) -> None:
+        _write_json(self.state, {"state": state, **details, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+    def read_state(self) -> dict:
+        return _read_json(self.state)
+
     def failure(self) -> Optional[str]:
         """The error a sweep job stopped on, if it did."""
         return self.failed.read_text(encoding="utf-8").strip() if self.failed.is_file() else None
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    """Atomically: a full disk or a kill leaves the old file (or none), never half of the new one."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _read_json(path: Path) -> dict:

@@ -28,3 +28,7 @@ def warn_if_exposed(host: str, protected: bool, what: str, missing: str) -> None
     if not is_loopback(host) and not protected:
         print(f"warning: host={host} exposes {what} beyond this machine with no {missing}", file=sys.stderr,
               flush=True)
+
+
+def drain_problems(seconds: float) -> list[str]:
+    return [] if float(seconds) >= 0 else [f"drain_seconds={seconds}: must be >= 0"]

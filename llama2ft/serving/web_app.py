@@ -6,6 +6,7 @@ shared one streamer among all of them).
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any, Iterator, Optional
 
@@ -13,6 +14,7 @@ from llama2ft.core.errors import UserError
 from llama2ft.inference.engine import ChatModel
 from llama2ft.inference.messages import message_text, to_turns
 from llama2ft.inference.sampling import Sampling
+from llama2ft.serving.drain import Drain
 
 
 def parse_auth(value: Optional[str]) -> Optional[tuple[str, str]]:
@@ -49,12 +51,14 @@ def respond(chat: ChatModel, defaults: Sampling, message: str, history: list[dic
         yield answer + f"\n\n*(stopped at max_new_tokens={samp.max_new_tokens})*"
 
 
-def build_app(chat: ChatModel, samp: Sampling, title: str, concurrency: int) -> Any:
+def build_app(chat: ChatModel, samp: Sampling, title: str, concurrency: int, drain: Optional[Drain] = None) -> Any:
+    """`drain`: counts each answer as work in flight (SIGTERM lets it finish, serving/drain.py)."""
     import gradio as gr
 
     def fn(message, history, system, temperature, top_p, top_k, repetition_penalty, max_new_tokens):
-        yield from respond(chat, samp, message, history, system, temperature, top_p, top_k, repetition_penalty,
-                           max_new_tokens)
+        with drain.counted() if drain is not None else nullcontext():
+            yield from respond(chat, samp, message, history, system, temperature, top_p, top_k, repetition_penalty,
+                               max_new_tokens)
 
     inputs = [
         gr.Textbox(value=chat.template.system or "", label="System prompt", lines=2,

@@ -67,7 +67,7 @@ def training_arguments(trainer: Any, logger: Any, out_dir: Path, has_eval: bool,
         eval_steps=tr.eval_steps,
         save_strategy="steps",
         save_steps=tr.save_steps,
-        save_total_limit=tr.save_total_limit,
+        save_total_limit=None,  # rotated by training/checkpoints.py, only once the new checkpoint is complete
         seed=tr.seed,
         data_seed=tr.seed,
         dataloader_num_workers=tr.dataloader_num_workers,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -50,9 +50,16 @@ def _init_process_group() -> None:
         return
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
-        dist.init_process_group("nccl")
-    else:
-        dist.init_process_group("gloo")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if attempt == "0":
+        dist.init_process_group(backend)
+        return
+    # workers that torchrun restarted: the launcher's store still holds the first attempt's addresses under the
+    # same keys (gloo then connects to the dead workers' ports); each attempt gets keys of its own
+    store, rank, size = next(dist.rendezvous("env://"))
+    dist.init_process_group(backend, store=dist.PrefixStore(f"llama2ft-attempt-{attempt}", store), rank=rank,
+                            world_size=size)
 
 
 def pin_hydra_dirs(argv: list[str], task_name: str) -> list[str]:
@@ -86,6 +93,29 @@ def main_process_first() -> Iterator[None]:
     yield
     if is_main_process():
         dist.barrier()
+
+
+def _active() -> bool:
+    return world_size() > 1 and dist.is_available() and dist.is_initialized()
+
+
+def largest(value: int) -> int:
+    """The largest of every rank's `value`, on every rank (one all-reduce): how the ranks agree on a stop."""
+    if not _active():
+        return value
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def from_main(value: Any) -> Any:
+    """The main process's `value` on every rank (what it decided, e.g. the checkpoint to resume from)."""
+    if not _active():
+        return value
+    box = [value if is_main_process() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier() -> None:

@@ -27,11 +27,14 @@ from llama2ft.model.run_folder import RunDir
 from llama2ft.training import distributed
 from llama2ft.training.answers import show_answers
 from llama2ft.training.arguments import finish_loggers, training_arguments
+from llama2ft.training.checkpoints import Checkpoints, resume_mode, resume_point, train
+from llama2ft.training.disk_space import DiskSpace, save_estimate, undo_final_save
 from llama2ft.training.distributed import say
 from llama2ft.training.method import Method
 from llama2ft.training.model_setup import build_model
 from llama2ft.training.optimizer import optimizer_factory
 from llama2ft.training.plots import plot_loss
+from llama2ft.training.preemption import Preemption
 from llama2ft.training.speed import peak_gpu_memory
 
 
@@ -45,15 +48,15 @@ class Start:
     source: Optional[str] = None  # init_from, for the log
 
 
-def check_run_dir(run: RunDir, resume: bool) -> None:
+def check_run_dir(run: RunDir, resume: str) -> None:
     """Never overwrite a finished run or silently restart over another run's checkpoints."""
     finished = run.finished_parts()
     if finished:
         raise UserError(f"{run.path} already holds a finished run ({', '.join(finished)}); "
                         "choose another hydra.run.dir")
-    if not resume and run.has_checkpoints():
-        raise UserError(f"{run.path} has checkpoints of an unfinished run: set trainer.resume=true to continue it, "
-                        "or choose another hydra.run.dir")
+    if resume == "false" and run.has_checkpoints():
+        raise UserError(f"{run.path} has checkpoints of an unfinished run: set trainer.resume=auto (the default) or "
+                        "true to continue it, or choose another hydra.run.dir")
 
 
 def step_counter() -> Any:
@@ -69,11 +72,11 @@ def step_counter() -> Any:
     return StepCounter()
 
 
-def run_training(cfg: DictConfig, method: Method, out_dir: Path, resume: bool, start: Start = Start()) -> dict:
-    """Train `method` as the (validated) config says; returns the run's metrics."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+def run_training(cfg: DictConfig, method: Method, out_dir: Path, resume: Any, start: Start = Start()) -> dict:
+    """Train `method` as the (validated) config says; returns the run's metrics. `resume`: auto | true | false
+    (trainer.resume). A stop signal ends it with `preemption.Interrupted` once its checkpoint is complete."""
     run = RunDir(out_dir)
+    resume = resume_mode(resume)
     # 1. check everything that can be checked without a model
     distributed.check_backend()
     check_run_dir(run, resume)
@@ -113,21 +116,26 @@ def run_training(cfg: DictConfig, method: Method, out_dir: Path, resume: bool, s
     before = method.evaluate(cfg, model, data, "before training")
     match_before = show_answers(cfg, model, tokenizer, template, questions, label, "before training")
 
-    # 5. train
+    # 5. train: a stop signal ends it after the current step with a checkpoint; a checkpoint counts once it is
+    #    complete; each save is checked against the disk's free space
     args = training_arguments(cfg.trainer, cfg.logger, out_dir, data.eval is not None, method.group_by_length(cfg),
                               checkpointing=speed.checkpointing.enabled, liger=speed.liger and method.fused_loss)
-    steps = step_counter()
+    steps, stop = step_counter(), Preemption(cfg.trainer.stop_signals)
+    disk = DiskSpace(run, *save_estimate(model, full=not cfg.lora.enabled))
+    callbacks = [steps, stop.callback(), disk.callback(), Checkpoints(run, cfg.trainer.save_total_limit).callback()]
     trainer = method.trainer_class()(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-        data_collator=method.collator(tokenizer, speed.attention, cfg), processing_class=tokenizer, callbacks=[steps],
+        data_collator=method.collator(tokenizer, speed.attention, cfg), processing_class=tokenizer, callbacks=callbacks,
         optimizer_cls_and_kwargs=optimizer_factory(args, cfg.trainer.loraplus_lr_ratio), **method.trainer_kwargs(cfg))
-    resume_from = None
-    if resume:
-        resume_from = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-        say(f"resuming from {resume_from}" if resume_from else "trainer.resume=true but no checkpoint yet: "
-            "starting from the beginning")
+    resume_from = resume_point(run, resume)
+    if distributed.is_main_process():
+        run.write_state("training", resumed_from=str(resume_from) if resume_from else None)
     started = time.time()
-    metrics = dict(trainer.train(resume_from_checkpoint=resume_from).metrics)
+    with stop.installed(), disk.guard("saving a checkpoint", disk.checkpoint_bytes):
+        metrics = train(trainer, resume_from)
+    if stop.stopped_at is not None:
+        finish_loggers(cfg.logger)
+        stop.end_run(run, trainer.state.max_steps)
 
     # 6. evaluate
     if data.eval is not None:
@@ -143,9 +151,12 @@ def run_training(cfg: DictConfig, method: Method, out_dir: Path, resume: bool, s
     if match_before is not None and match_after is not None:
         metrics[f"{method.match_metric}_before"], metrics[f"{method.match_metric}_after"] = match_before, match_after
 
-    # 7. save (main process only; atomically, so a crash never leaves a half-written adapter)
+    # 7. save (main process only; atomically, so a crash or a full disk never leaves a half-written adapter)
+    final = run.adapter if cfg.lora.enabled else run.model
+    disk.before_save(str(final), disk.final_bytes)  # on every rank: they agree
     if trainer.is_world_process_zero():
-        save_run(trainer, tokenizer, cfg, run, metrics)
+        with disk.guard(f"saving {final}", disk.final_bytes, undo=lambda: undo_final_save(run)):
+            save_run(trainer, tokenizer, cfg, run, metrics)
     finish_loggers(cfg.logger)
     distributed.barrier()
     return metrics
@@ -164,7 +175,8 @@ def save_run(trainer: Any, tokenizer: Any, cfg: DictConfig, run: RunDir, metrics
         save_tokenizer(tokenizer, tmp)
     save_tokenizer(tokenizer, run.tokenizer)
     plot_loss(trainer.state.log_history, run.loss_plot)
-    run.write_metrics(metrics)
+    run.write_state("finished", step=trainer.state.global_step)
+    run.write_metrics(metrics)  # last: a run with metrics.json is finished
     print(f"\nsaved {final}, {RunDir.METRICS}, {RunDir.LOSS_PLOT} in {run.path}", flush=True)
     print(f"talk to it: llama2ft-chat run={run.path}   (publish: llama2ft-merge run={run.path} output=DIR)", flush=True)
     if "wandb" in cfg.logger.report_to and os.environ.get("WANDB_MODE") == "offline":

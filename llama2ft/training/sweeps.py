@@ -28,6 +28,8 @@ def run_row(path: Path) -> dict[str, Any]:
         status = "completed"
     elif failure is not None:
         status = "failed: " + (failure.splitlines() or [""])[0][:120]
+    elif run.read_state().get("state") == "interrupted":  # by a stop signal, with a checkpoint to continue from
+        status = f"interrupted at step {run.read_state().get('step')}"
     else:
         status = "unfinished"
     trained = None
