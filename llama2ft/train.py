@@ -34,9 +34,7 @@ from llama2ft.training.start import (embedded_sft_config, embedded_start_folder,
 def checked(cfg: DictConfig) -> Method:
     """The run's method, once every problem of the config (the method's and the start's too) is known."""
     tr = cfg.trainer
-    limit = [] if tr.save_total_limit is None or tr.save_total_limit >= 1 else [
-        f"trainer.save_total_limit={tr.save_total_limit}: must be >= 1 (or null: keep every checkpoint)"]
-    validate(cfg, method_problems(cfg) + resume_problems(tr.resume) + signal_problems(tr.stop_signals) + limit)
+    validate(cfg, method_problems(cfg) + resume_problems(tr.resume) + signal_problems(tr.stop_signals))
     return get_method(cfg.method.name)
 
 

@@ -78,6 +78,8 @@ def collect_problems(cfg: DictConfig) -> list[str]:
                 "logging_steps", "eval_steps", "save_steps"):
         if tr[key] <= 0:
             p.append(f"trainer.{key}={tr[key]}: must be > 0")
+    if tr.save_total_limit is not None and tr.save_total_limit < 1:
+        p.append(f"trainer.save_total_limit={tr.save_total_limit}: must be >= 1 (or null: keep every checkpoint)")
     if not 0 <= tr.warmup_ratio < 1:
         p.append(f"trainer.warmup_ratio={tr.warmup_ratio}: must be in [0, 1)")
     _one_of(p, "trainer.precision", tr.precision, PRECISIONS)

@@ -118,6 +118,10 @@ class RunDir:
         found = (pattern.fullmatch(p.name) for p in self.checkpoints.iterdir() if p.is_dir())
         return sorted(int(m.group(1)) for m in found if m)
 
+    def recorded(self, step: int) -> bool:
+        """Checkpoint `step` has its completion record (whether it matches the files: training/checkpoints.py)."""
+        return (self.checkpoint(step) / self.CHECKPOINT_COMPLETE).is_file()
+
     def is_run(self) -> bool:
         return self.config.is_file()
 
@@ -129,7 +133,7 @@ class RunDir:
         return self.is_run() and self.metrics.is_file()
 
     def has_checkpoints(self) -> bool:
-        return self.checkpoints.is_dir() and any(self.checkpoints.glob("checkpoint-*"))
+        return bool(self.checkpoint_steps())
 
     def write_config(self, cfg: Any) -> None:
         OmegaConf.save(cfg, self.config, resolve=True)

@@ -136,7 +136,7 @@ def resume_point(run: RunDir, mode: str) -> Optional[Path]:
     chosen = None
     if mode != "false" and distributed.is_main_process():
         steps = run.checkpoint_steps()
-        unrecorded_ok = not any((run.checkpoint(s) / RunDir.CHECKPOINT_COMPLETE).is_file() for s in steps)
+        unrecorded_ok = not any(run.recorded(s) for s in steps)
         for step in reversed(steps):
             why = problem(run.checkpoint(step), unrecorded_ok)
             if why is None:
@@ -173,7 +173,7 @@ def rotate(run: RunDir, newest: int, limit: Optional[int]) -> None:
     """After checkpoint `newest` is complete: keep the newest `limit` complete checkpoints (all: None), and drop
     the incomplete ones older than it."""
     older = [s for s in run.checkpoint_steps() if s < newest]
-    complete = [s for s in older if (run.checkpoint(s) / RunDir.CHECKPOINT_COMPLETE).is_file()]
+    complete = [s for s in older if run.recorded(s)]
     kept = set(complete[len(complete) - (limit - 1):]) if limit is not None and limit > 1 else set()
     for step in older:
         if step not in kept and (limit is not None or step not in complete):

@@ -89,8 +89,7 @@ class DiskSpace:
         pause_point(f"save-{Path(what).name}")
 
     def _kept(self) -> str:
-        complete = [s for s in self.run.checkpoint_steps()
-                    if (self.run.checkpoint(s) / RunDir.CHECKPOINT_COMPLETE).is_file()]
+        complete = [s for s in self.run.checkpoint_steps() if self.run.recorded(s)]
         kept = f"The last complete checkpoint, {self.run.checkpoint(complete[-1])}, is kept; " if complete else ""
         return kept + "free some space (or set hydra.run.dir on another disk), then run the same command again"
 
@@ -109,7 +108,7 @@ class DiskSpace:
             print(file=sys.stderr, flush=True)
             if distributed.is_main_process():
                 for step in self.run.checkpoint_steps():
-                    if not (self.run.checkpoint(step) / RunDir.CHECKPOINT_COMPLETE).is_file():
+                    if not self.run.recorded(step):
                         shutil.rmtree(self.run.checkpoint(step), ignore_errors=True)
                 if undo is not None:
                     undo()
