@@ -10,8 +10,9 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from omegaconf import DictConfig
 
@@ -20,8 +21,8 @@ from llama2ft.core.files import is_hub_id
 from llama2ft.inference.sampling import Sampling
 from llama2ft.model.rope import apply_rope_scaling
 from llama2ft.model.run_folder import RunDir, check_adapter, read_run, tokenizer_source
-from llama2ft.publishing.safetensors_stream import (TensorInfo, TensorReader, plan_shards, read_tensor, shard_names,
-                                                    tensor_nbytes, write_shard)
+from llama2ft.publishing.safetensors_stream import (Piece, Scratch, TensorInfo, copy_pieces, plan_shards, rows_of,
+                                                    shard_names, tensor_nbytes, write_shard)
 
 _PEFT_PREFIX = "base_model.model."
 KILL_HOOK = "LLAMA2FT_MERGE_KILL_AFTER_SHARDS"  # tests: SIGKILL ourselves mid-write
@@ -215,39 +216,63 @@ def add_lora_(w: Any, a: Any, b: Any, scale: float, magnitude: Optional[Any] = N
             rows.copy_(acc)
 
 
-def merged_tensor(key: str, info: TensorInfo, adapters: list[Adapter], dtype: Any,
-                  reader: Optional[TensorReader] = None, work: Optional[Any] = None) -> Any:
-    """One output tensor: base weight, then each adapter in order (saved copy replaces, LoRA adds).
-    A base tensor that goes out unchanged is returned as its `TensorInfo` (copied file to file);
-    one read through `reader` is valid until its next read."""
+def tensor_pieces(key: str, info: TensorInfo, adapters: list[Adapter], dtype: Any) -> Iterable[Piece]:
+    """One output tensor as pieces: a base tensor no adapter changes, already in `dtype`, is copied
+    unchanged; any other is made a block of rows at a time (`merged_rows`), blocks of the fold's size."""
+    import torch
+
+    if info.file is not None and info.dtype == str(dtype).removeprefix("torch.") and \
+            not any(key in ad.deltas or key in ad.saved for ad in adapters):
+        yield from copy_pieces(key, info)
+        return
+    rows, width = rows_of(info)
+    step = max(1, _BLOCK // max(1, width))
+    row_bytes = width * torch.empty((), dtype=dtype).element_size()
+    for lo in range(0, rows, step):
+        hi = min(rows, lo + step)
+        yield Piece(key, lo * row_bytes, make=partial(merged_rows, key, info, adapters, dtype, lo, hi))
+
+
+def merged_rows(key: str, info: TensorInfo, adapters: list[Adapter], dtype: Any, lo: int, hi: int,
+                scratch: Scratch) -> Any:
+    """Rows [lo, hi) of one output tensor: base weight, then each adapter in order (saved copy replaces,
+    LoRA adds), in `scratch`'s buffers (valid until its next call). Every step works row by row, so a
+    block of rows is what the whole tensor would give in those rows."""
     import torch
 
     # an adapter's saved copy replaces everything before it: start from the last one (or the base)
     start = max((i for i, ad in enumerate(adapters) if key in ad.saved), default=-1)
-    if start < 0 and info.file is not None and info.dtype == str(dtype).removeprefix("torch.") \
-            and not any(key in ad.deltas for ad in adapters):
-        return info
-    w = (reader.read(info) if reader else read_tensor(info)) if start < 0 and info.file is not None else None
+    w = scratch.read_rows(info, lo, hi) if start < 0 and info.file is not None else None
     owned = w is not None  # a buffer of ours: safe to update in place
     for ad in adapters[max(start, 0):]:
         if key in ad.saved:
-            w, owned = ad.saved[key], False
+            w, owned = ad.saved[key][lo:hi], False
         if key in ad.deltas:
-            if w.dtype != torch.float32 and w.dtype != dtype:
-                w, owned = w.to(dtype), True  # add in the output dtype: one rounding, not two
-            elif not owned:
-                w, owned = w.clone(), True
+            if not owned or (w.dtype != torch.float32 and w.dtype != dtype):
+                # add in the output dtype (one rounding, not two), or in float32 when w is
+                to = w.dtype if w.dtype == torch.float32 else dtype
+                w, owned = scratch.buffer("sum", tuple(w.shape), to).copy_(w), True
             a, b, scale = ad.deltas[key]
-            add_lora_(w, a, b, scale, ad.magnitudes.get(key), work)
+            magnitude = ad.magnitudes.get(key)
+            add_lora_(w, a, b[lo:hi], scale, None if magnitude is None else magnitude[lo:hi],
+                      scratch.buffer("fold", (max(_BLOCK, w.shape[1]),), torch.float32))
     if w is None:
         raise UserError(f"{key} is neither in the base nor in an adapter")
     if w.is_floating_point() and w.dtype != dtype:
-        w = w.to(dtype)
-    return w.contiguous()
+        w = scratch.buffer("out", tuple(w.shape), dtype).copy_(w)
+    return w
+
+
+def merge_workers() -> int:
+    """Threads that write the merged shards: torch's thread count (its default is the cores; it follows
+    OMP_NUM_THREADS), at least 2 so that reading and writing overlap the fold, at most 8."""
+    import torch
+
+    return min(8, max(2, torch.get_num_threads()))
 
 
 def write_weights(layout: dict[str, TensorInfo], adapters: list[Adapter], tmp: Path, dtype: Any,
-                  max_shard: int) -> int:
+                  max_shard: int, workers: Optional[int] = None) -> int:
     """Write the merged weights into `tmp` shard by shard; returns the number of shards."""
     import torch
 
@@ -256,15 +281,10 @@ def write_weights(layout: dict[str, TensorInfo], adapters: list[Adapter], tmp: P
     shards = plan_shards(list(out_info.items()), max_shard)
     names = shard_names(len(shards))
     kill_after = int(os.environ.get(KILL_HOOK, "0"))
-    # reused buffers: for the base tensors read (two, taking turns with the writer) and for the LoRA blocks
-    reader = TensorReader()
-    width = max((layout[k].shape[1] for ad in adapters for k in ad.deltas), default=1)
-    work = torch.empty(max(_BLOCK, width), dtype=torch.float32)
     weight_map, total = {}, 0
     for i, (keys, name) in enumerate(zip(shards, names)):
-        shapes = {k: out_info[k] for k in keys}
-        # one tensor at a time: written, then dropped before the next is read
-        write_shard(tmp / name, shapes, (merged_tensor(k, layout[k], adapters, dtype, reader, work) for k in keys))
+        pieces = (piece for k in keys for piece in tensor_pieces(k, layout[k], adapters, dtype))
+        write_shard(tmp / name, {k: out_info[k] for k in keys}, pieces, workers or merge_workers())
         weight_map.update({k: name for k in keys})
         total += sum(out_info[k][2] for k in keys)
         if kill_after and i + 1 >= kill_after:

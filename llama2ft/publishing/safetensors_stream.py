@@ -1,17 +1,22 @@
-"""Streaming safetensors I/O for llama2ft-merge/export: headers, one tensor at a time, shards.
+"""Streaming safetensors I/O for llama2ft-merge/export: headers, tensors or rows of them, shards.
 
 Plain reads/writes instead of mmap: file pages touched through an mmap count in the process's RSS,
-so reading a whole shard that way would hold the shard in memory; here only one tensor is live.
-Tensors are read into one reused buffer (`TensorReader`): fresh memory for every tensor costs a page
-fault per page, and on a VM that was more than the merge's arithmetic. A tensor that goes out unchanged
-is copied file to file by the kernel (`copy_file_range`), without passing through Python at all.
+so reading a whole shard that way would hold the shard in memory. Memory is reused (`TensorReader`,
+`Scratch`): fresh memory for every tensor or block costs a page fault per page, and on a VM that was
+more than the merge's arithmetic. A shard is written in pieces by several threads (`write_shard`), each
+piece a block of rows made in cache-sized buffers and written at its offset, or bytes that go out
+unchanged, copied file to file by the kernel (`copy_file_range`) without passing through Python.
 """
 from __future__ import annotations
 
 import json
+import math
+import os
+import threading
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from llama2ft.core.errors import UserError
 
@@ -65,90 +70,187 @@ def read_tensor(info: TensorInfo, buffer: Optional[Any] = None) -> Any:
 
 
 class TensorReader:
-    """Reads tensors one at a time into reused buffers (grown to the largest tensor read), taking
-    turns between two, so that the tensor read before the last is the only one overwritten: a
-    tensor it returns stays valid while the next one is read and worked on (`write_shard` writes it
-    meanwhile)."""
+    """Reads whole tensors one at a time into one reused buffer (grown to the largest tensor read): a
+    tensor it returns is valid until the next read."""
 
     def __init__(self) -> None:
-        self.slots: list[Any] = [None, None]
-        self.turn = 0
+        self.buffer: Any = None
 
     def read(self, info: TensorInfo) -> Any:
         import torch
 
-        n, slot = info.end - info.start, self.turn
-        self.turn = 1 - self.turn
-        if self.slots[slot] is None or self.slots[slot].numel() < n:
-            self.slots[slot] = None  # freed before the larger one is made
-            self.slots[slot] = torch.empty(max(1, n), dtype=torch.uint8)
-        return read_tensor(info, self.slots[slot])
+        n = info.end - info.start
+        if self.buffer is None or self.buffer.numel() < n:
+            self.buffer = None  # freed before the larger one is made
+            self.buffer = torch.empty(max(1, n), dtype=torch.uint8)
+        return read_tensor(info, self.buffer)
 
 
-def copy_range(info: TensorInfo, out: Any) -> None:
-    """The tensor's bytes appended to the open file `out` (unbuffered), copied by the kernel."""
-    import os
-
-    n, done = info.end - info.start, 0
-    with open(info.file, "rb", buffering=0) as src:
-        try:
-            while done < n:
-                got = os.copy_file_range(src.fileno(), out.fileno(), n - done, info.start + done)
-                if not got:
-                    break
-                done += got
-        except OSError:  # no in-kernel copy between these files: copy through memory
-            pass
-        if done < n:
-            src.seek(info.start + done)
-            while done < n:
-                chunk = src.read(min(n - done, 1 << 24))
-                if not chunk:
-                    raise UserError(f"{info.file} ends before the tensor at bytes {info.start}-{info.end}")
-                out.write(chunk)
-                done += len(chunk)
+def rows_of(info: TensorInfo) -> tuple[int, int]:
+    """(rows, elements per row) of a tensor: its first dimension and the rest (a scalar is one row)."""
+    return (info.shape[0], math.prod(info.shape[1:])) if info.shape else (1, 1)
 
 
-def write_shard(path: Path, specs: dict[str, tuple[str, list[int], int]], tensors: Iterator[Any]) -> None:
-    """A safetensors file from (dtype, shape, nbytes) specs, streaming `tensors` (same order) into it;
-    an item that is a `TensorInfo` is copied unchanged from its file. Each item is written by a
-    second thread while the next one is made (file writes and torch release the GIL): at most one
-    item is being written when `tensors` is asked for the next."""
-    from concurrent.futures import ThreadPoolExecutor
+class Scratch:
+    """One writer thread's reused buffers, by role, and its open files (an open() per block would be a
+    system call per block)."""
 
+    def __init__(self) -> None:
+        self.buffers: dict[str, Any] = {}
+        self.files: dict[Path, int] = {}
+
+    def buffer(self, role: str, shape: tuple[int, ...], dtype: Any) -> Any:
+        """An uninitialised tensor of `shape` and `dtype` in this role's buffer (valid until the role's next call)."""
+        import torch
+
+        n = math.prod(shape) * dtype.itemsize
+        buf = self.buffers.get(role)
+        if buf is None or buf.numel() < n:
+            self.buffers[role] = None
+            buf = self.buffers[role] = torch.empty(max(1, n), dtype=torch.uint8)
+        return buf[:n].view(dtype).view(shape)
+
+    def fd(self, path: Path) -> int:
+        if path not in self.files:
+            self.files[path] = os.open(path, os.O_RDONLY)
+        return self.files[path]
+
+    def read_rows(self, info: TensorInfo, lo: int, hi: int) -> Any:
+        """Rows [lo, hi) of a stored tensor, read into the "read" buffer."""
+        import torch
+
+        dtype = getattr(torch, info.dtype)
+        row_bytes = rows_of(info)[1] * dtype.itemsize
+        out = self.buffer("read", (hi - lo, *info.shape[1:]) if info.shape else (), dtype)
+        view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
+        pos, done = info.start + lo * row_bytes, 0
+        while done < len(view):
+            got = os.preadv(self.fd(info.file), [view[done:]], pos + done)
+            if not got:
+                raise UserError(f"{info.file} ends before the tensor at bytes {info.start}-{info.end} (a cut-off file?)")
+            done += got
+        return out
+
+    def close(self) -> None:
+        for fd in self.files.values():
+            os.close(fd)
+        self.files.clear()
+
+
+@dataclass
+class Piece:
+    """Bytes of one output tensor from byte `offset` of its data on: copied unchanged from `source` (a
+    byte range of a stored file), or the tensor `make(scratch)` returns, made in that thread's buffers."""
+
+    key: str
+    offset: int
+    source: Optional[TensorInfo] = None
+    make: Optional[Callable[[Scratch], Any]] = None
+
+
+def copy_pieces(key: str, info: TensorInfo, size: int = 16 << 20) -> Iterable[Piece]:
+    """A stored tensor that goes out unchanged, as pieces of `size` bytes (several threads share a large one)."""
+    for lo in range(0, info.end - info.start, size):
+        hi = min(info.end - info.start, lo + size)
+        yield Piece(key, lo, source=TensorInfo(info.dtype, [], info.file, info.start + lo, info.start + hi))
+
+
+def write_shard(path: Path, specs: dict[str, tuple[str, list[int], int]], pieces: Iterable[Piece],
+                workers: int) -> None:
+    """A safetensors file from (dtype, shape, nbytes) specs, its data written by `workers` threads, each
+    taking the next of `pieces` and writing it at its place; every byte of every tensor must be covered."""
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
+    offsets, offset = {}, 0
     for key, (dtype, shape, nbytes) in specs.items():
         header[key] = {"dtype": _ST_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offsets[key] = offset
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
-    with open(path, "wb", buffering=0) as f, ThreadPoolExecutor(1) as writer:  # unbuffered: see copy_range
-        f.write(len(raw).to_bytes(8, "little") + raw)
-        pending = None
-        # not zip(): zip keeps its last result tuple (and so the previous tensor) alive
-        for key, (_, _, nbytes) in specs.items():
-            item = next(tensors)  # made while the previous item is written
-            size = item.end - item.start if isinstance(item, TensorInfo) else item.numel() * item.element_size()
-            if size != nbytes:
-                raise RuntimeError(f"{key}: {size} bytes, planned {nbytes}")
-            if pending is not None:
-                pending.result()
-            pending = writer.submit(_write_item, item, f)
-            del item  # the writer holds it until written
-        if pending is not None:
-            pending.result()
+    raw = len(raw).to_bytes(8, "little") + raw
+    out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _pwrite(out, memoryview(raw), 0)
+        written = run_pieces(pieces, workers, lambda piece, scratch: _write_piece(
+            piece, scratch, out, len(raw) + offsets[piece.key]))
+    finally:
+        os.close(out)
+    wrong = [f"{k}: {written[k]} bytes, planned {n}" for k, (_, _, n) in specs.items() if written[k] != n]
+    if wrong or set(written) - set(specs):
+        raise RuntimeError(f"{path.name}: " + "; ".join(wrong or ["a piece of a tensor not in the shard"]))
 
 
-def _write_item(item: Any, f: Any) -> None:
+def run_pieces(pieces: Iterable[Piece], workers: int, write: Callable[[Piece, Scratch], int]) -> Counter:
+    """`write` each piece in one of `workers` threads, each with its own `Scratch`; returns the bytes
+    written per tensor. The first error stops the others (after their current piece) and is raised."""
     import torch
 
-    if isinstance(item, TensorInfo):
-        copy_range(item, f)
-        return
-    data = memoryview(item.reshape(-1).view(torch.uint8).numpy())
+    it, lock, failed, threads = iter(pieces), threading.Lock(), threading.Event(), torch.get_num_threads()
+
+    def worker() -> Counter:
+        # the parallelism is across pieces; torch's own threads inside each would compete with them
+        torch.set_num_threads(1)
+        scratch, done = Scratch(), Counter()
+        try:
+            while not failed.is_set():
+                with lock:
+                    piece = next(it, None)
+                if piece is None:
+                    break
+                done[piece.key] += write(piece, scratch)
+        except BaseException:
+            failed.set()
+            raise
+        finally:
+            scratch.close()
+        return done
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            futures = [pool.submit(worker) for _ in range(max(1, workers))]
+        return sum((f.result() for f in futures), Counter())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _write_piece(piece: Piece, scratch: Scratch, out: int, start: int) -> int:
+    """One piece written at byte `start + piece.offset` of the file `out`; returns its size."""
+    import torch
+
+    pos = start + piece.offset
+    if piece.source is not None:
+        return _copy_range(piece.source, scratch.fd(piece.source.file), out, pos)
+    tensor = piece.make(scratch)
+    return _pwrite(out, memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()), pos)
+
+
+def _pwrite(fd: int, data: memoryview, pos: int) -> int:
+    n = len(data)
     while data:
-        data = data[f.write(data):]
+        got = os.pwrite(fd, data, pos)
+        data, pos = data[got:], pos + got
+    return n
+
+
+def _copy_range(info: TensorInfo, src: int, out: int, pos: int) -> int:
+    """Bytes info.start..info.end of `src` to byte `pos` of `out`, copied by the kernel."""
+    n, done = info.end - info.start, 0
+    try:
+        while done < n:
+            got = os.copy_file_range(src, out, n - done, info.start + done, pos + done)
+            if not got:
+                break
+            done += got
+    except OSError:  # no in-kernel copy between these files: copy through memory
+        pass
+    while done < n:
+        chunk = os.pread(src, min(n - done, 1 << 24), info.start + done)
+        if not chunk:
+            raise UserError(f"{info.file} ends before the tensor at bytes {info.start}-{info.end} (a cut-off file?)")
+        done += _pwrite(out, memoryview(chunk), pos + done)
+    return n
 
 
 def parse_size(text: str) -> int:
