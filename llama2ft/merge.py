@@ -3,12 +3,13 @@
     llama2ft-merge run=outputs/train/2024-01-01_00-00-00 output=merged
     llama2ft-merge base=/models/llama2-7b-chat adapters=[a1,a2] output=merged dtype=bfloat16
 
-The merge streams tensor by tensor (see `publishing.merge`). Before the output appears, logits of the
+The merge streams a block of rows at a time, on several threads (see `publishing.merge`). Before the output appears, logits of the
 merged model are checked against base+adapter (peft).
 """
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -22,8 +23,8 @@ from llama2ft.data.dialogue import Turn
 from llama2ft.model.loading import DTYPES, open_tokenizer, save_tokenizer
 from llama2ft.model.rope import ROPE_TYPES, scaling_of
 from llama2ft.model.run_folder import write_chat_meta
-from llama2ft.publishing.merge import Inputs, check_fits, inputs_from_paths, inputs_from_run, read_adapter, \
-    write_config, write_weights
+from llama2ft.publishing.merge import Inputs, check_fits, inputs_from_paths, inputs_from_run, merge_workers, \
+    read_adapter, write_config, write_weights
 from llama2ft.publishing.model_card import EXAMPLE, CardInfo, write_card
 from llama2ft.publishing.safetensors_stream import base_tensors, parse_size
 from llama2ft.publishing.verify import TOLERANCE, prompt_ids, prompt_template, verify
@@ -74,7 +75,10 @@ def run_merge(cfg: DictConfig) -> Path:
         print(note, flush=True)
 
     with atomic_dir(output, exists="replace" if cfg.overwrite else "error") as tmp:
+        started = time.perf_counter()
         shards = write_weights(layout, adapters, tmp, dtype, parse_size(str(cfg.max_shard_size)))
+        print(f"weights: {shards} shard(s) in {time.perf_counter() - started:.1f} s ({merge_workers()} threads)",
+              flush=True)
         write_config(inp.base, layout, tmp, dtype_name, tok, inp.rope_scaling)
         save_tokenizer(tok, tmp)
         write_chat_meta(tmp, inp.template, inp.system)
