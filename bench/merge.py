@@ -184,12 +184,15 @@ def main() -> None:
              for s in ("baseline",) + (() if a.no_peft else ("peft",))}
         pairs = []
         steps = ["copy", "ours"] + (["before"] if a.before else [])
+
+        def step(s: str) -> dict:
+            return measure(s, {**common, "out": str(work / f"out-{s}")}, env,
+                           a.before.resolve() if s == "before" else ROOT)
+
         for s in steps:  # a warm-up round, not counted: the build's freed memory and dirty pages settle first
-            measure(s, {**common, "out": str(work / f"out-{s}")}, env, a.before.resolve() if s == "before" else ROOT)
+            step(s)
         for _ in range(a.repeat):  # a round shares the machine's state; the order within it is random
-            pairs.append({s: measure(s, {**common, "out": str(work / f"out-{s}")}, env,
-                                     a.before.resolve() if s == "before" else ROOT)
-                          for s in random.sample(steps, len(steps))})
+            pairs.append({s: step(s) for s in random.sample(steps, len(steps))})
         ours = [p["ours"] for p in pairs]
         copies = [p["copy"] for p in pairs]
         floor = r["baseline"]["peak"]

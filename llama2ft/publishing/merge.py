@@ -219,15 +219,13 @@ def add_lora_(w: Any, a: Any, b: Any, scale: float, magnitude: Optional[Any] = N
 def tensor_pieces(key: str, info: TensorInfo, adapters: list[Adapter], dtype: Any) -> Iterable[Piece]:
     """One output tensor as pieces: a base tensor no adapter changes, already in `dtype`, is copied
     unchanged; any other is made a block of rows at a time (`merged_rows`), blocks of the fold's size."""
-    import torch
-
     if info.file is not None and info.dtype == str(dtype).removeprefix("torch.") and \
             not any(key in ad.deltas or key in ad.saved for ad in adapters):
         yield from copy_pieces(key, info)
         return
     rows, width = rows_of(info)
     step = max(1, _BLOCK // max(1, width))
-    row_bytes = width * torch.empty((), dtype=dtype).element_size()
+    row_bytes = width * dtype.itemsize
     for lo in range(0, rows, step):
         hi = min(rows, lo + step)
         yield Piece(key, lo * row_bytes, make=partial(merged_rows, key, info, adapters, dtype, lo, hi))

@@ -57,16 +57,26 @@ def read_tensor(info: TensorInfo, buffer: Optional[Any] = None) -> Any:
     if not n:
         return torch.empty(info.shape, dtype=dtype)
     raw = torch.empty(n, dtype=torch.uint8) if buffer is None else buffer[:n]
-    view = memoryview(raw.numpy())
-    with open(info.file, "rb", buffering=0) as f:
-        f.seek(info.start)
-        done = 0
-        while done < n:
-            got = f.readinto(view[done:])
-            if not got:
-                raise UserError(f"{info.file} ends before the tensor at bytes {info.start}-{info.end} (a cut-off file?)")
-            done += got
+    fd = os.open(info.file, os.O_RDONLY)
+    try:
+        _pread_into(fd, memoryview(raw.numpy()), info.start, info)
+    finally:
+        os.close(fd)
     return raw.view(dtype).reshape(info.shape)
+
+
+def _pread_into(fd: int, view: memoryview, pos: int, info: TensorInfo) -> None:
+    """Fill `view` from byte `pos` of `fd` (part of `info`'s tensor)."""
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], pos + done)
+        if not got:
+            raise _cut_off(info)
+        done += got
+
+
+def _cut_off(info: TensorInfo) -> UserError:
+    return UserError(f"{info.file} ends before the tensor at bytes {info.start}-{info.end} (a cut-off file?)")
 
 
 class TensorReader:
@@ -122,13 +132,8 @@ class Scratch:
         dtype = getattr(torch, info.dtype)
         row_bytes = rows_of(info)[1] * dtype.itemsize
         out = self.buffer("read", (hi - lo, *info.shape[1:]) if info.shape else (), dtype)
-        view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
-        pos, done = info.start + lo * row_bytes, 0
-        while done < len(view):
-            got = os.preadv(self.fd(info.file), [view[done:]], pos + done)
-            if not got:
-                raise UserError(f"{info.file} ends before the tensor at bytes {info.start}-{info.end} (a cut-off file?)")
-            done += got
+        _pread_into(self.fd(info.file), memoryview(out.reshape(-1).view(torch.uint8).numpy()),
+                    info.start + lo * row_bytes, info)
         return out
 
     def close(self) -> None:
@@ -248,7 +253,7 @@ def _copy_range(info: TensorInfo, src: int, out: int, pos: int) -> int:
     while done < n:
         chunk = os.pread(src, min(n - done, 1 << 24), info.start + done)
         if not chunk:
-            raise UserError(f"{info.file} ends before the tensor at bytes {info.start}-{info.end} (a cut-off file?)")
+            raise _cut_off(info)
         done += _pwrite(out, memoryview(chunk), pos + done)
     return n
 
