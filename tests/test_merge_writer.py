@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from llama2ft.core.errors import UserError
 from llama2ft.publishing import merge as merge_lib
+from llama2ft.publishing import safetensors_stream as stream
 from llama2ft.publishing.merge import Adapter, check_fits, merged_rows, write_weights
 from llama2ft.publishing.safetensors_stream import Piece, Scratch, base_tensors, write_shard
 
@@ -109,6 +112,36 @@ def test_writers_use_one_torch_thread_each_and_the_callers_count_comes_back(tmp_
     assert seen == [1, 1, 1, 1]
     assert torch.get_num_threads() == 2
     assert load_file(str(tmp_path / "x.safetensors"))["w"].tolist() == [0.0] * 16
+
+
+def test_one_thread_at_a_time_writes_to_a_shard_while_the_others_make_pieces(tmp_path, monkeypatch):
+    """Writes and kernel copies into one file queue on the shard's lock (a thread waiting in the kernel's
+    inode lock spins a CPU instead); making a piece is not under it."""
+    active, most, guard = Counter(), Counter(), threading.Lock()
+
+    def during(kind: str, step):
+        with guard:
+            active[kind] += 1
+            most[kind] = max(most[kind], active[kind])
+        time.sleep(0.01)
+        try:
+            return step()
+        finally:
+            with guard:
+                active[kind] -= 1
+
+    pwrite, copy_range = stream._pwrite, stream._copy_range
+    monkeypatch.setattr(stream, "_pwrite", lambda *a: during("write", lambda: pwrite(*a)))
+    monkeypatch.setattr(stream, "_copy_range", lambda *a: during("write", lambda: copy_range(*a)))
+    save_file({"c": torch.arange(8, dtype=torch.float16)}, str(tmp_path / "src.safetensors"))
+    source = stream.read_header(tmp_path / "src.safetensors")["c"]
+    pieces = [Piece("w", 8 * i, make=lambda s, i=i: during("make", lambda: torch.full((4,), float(i)).half()))
+              for i in range(8)] + list(stream.copy_pieces("c", source, size=4))
+    write_shard(tmp_path / "x.safetensors", {"w": ("float16", [32], 64), "c": ("float16", [8], 16)}, pieces, 4)
+    assert most["write"] == 1 and most["make"] > 1
+    got = load_file(str(tmp_path / "x.safetensors"))
+    assert got["w"].tolist() == [float(i) for i in range(8) for _ in range(4)]
+    assert got["c"].tolist() == list(range(8))
 
 
 def test_an_error_in_one_writer_stops_the_others_and_is_raised(tmp_path):

@@ -174,10 +174,14 @@ def write_shard(path: Path, specs: dict[str, tuple[str, list[int], int]], pieces
     raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
     raw = len(raw).to_bytes(8, "little") + raw
     out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    # Writes to one file take its inode lock in turn, and a thread waiting for that lock spins on a CPU
+    # (a fifth of a merge's CPU time on 2 vCPUs, more when the disk is slow); waiting on our own lock
+    # sleeps instead.
+    lock = threading.Lock()
     try:
         _pwrite(out, memoryview(raw), 0)
         written = run_pieces(pieces, workers, lambda piece, scratch: _write_piece(
-            piece, scratch, out, len(raw) + offsets[piece.key]))
+            piece, scratch, out, len(raw) + offsets[piece.key], lock))
     finally:
         os.close(out)
     wrong = [f"{k}: {written[k]} bytes, planned {n}" for k, (_, _, n) in specs.items() if written[k] != n]
@@ -220,15 +224,18 @@ def run_pieces(pieces: Iterable[Piece], workers: int, write: Callable[[Piece, Sc
         torch.set_num_threads(threads)
 
 
-def _write_piece(piece: Piece, scratch: Scratch, out: int, start: int) -> int:
-    """One piece written at byte `start + piece.offset` of the file `out`; returns its size."""
+def _write_piece(piece: Piece, scratch: Scratch, out: int, start: int, lock: threading.Lock) -> int:
+    """One piece written at byte `start + piece.offset` of the file `out`, holding `lock` while it
+    writes (not while it makes the piece); returns its size."""
     import torch
 
     pos = start + piece.offset
     if piece.source is not None:
-        return _copy_range(piece.source, scratch.fd(piece.source.file), out, pos)
-    tensor = piece.make(scratch)
-    return _pwrite(out, memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()), pos)
+        with lock:
+            return _copy_range(piece.source, scratch.fd(piece.source.file), out, pos)
+    data = memoryview(piece.make(scratch).contiguous().reshape(-1).view(torch.uint8).numpy())
+    with lock:
+        return _pwrite(out, data, pos)
 
 
 def _pwrite(fd: int, data: memoryview, pos: int) -> int:
