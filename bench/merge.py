@@ -4,9 +4,9 @@
 
 Builds a synthetic multi-shard Llama (random float16 weights, ~1.3 GB in ~250 MB shards) and a random
 LoRA adapter in peft's format (non-zero B) in a temp folder under /tmp, then runs each step in its own
-subprocess, which reports its peak RSS (VmHWM) and the wall time of the step itself (imports excluded;
-`sync` before each step; after one uncounted round, copy and ours run --repeat times in pairs, in a
-random order within a pair):
+subprocess, which reports its peak RSS (VmHWM), the wall and CPU time of the step itself (imports
+excluded; the base read through and `sync` before each step; after one uncounted round, copy and ours
+run --repeat times in pairs, in a random order within a pair):
   baseline  imports torch, safetensors, transformers, peft, hydra and llama2ft.merge, does nothing;
   copy      shutil.copy of the base's shard files;
   ours      llama2ft.merge.run_merge (verify=false: the check would load the whole model);
@@ -47,12 +47,15 @@ from pathlib import Path
 import torch, safetensors, transformers, peft, hydra
 import llama2ft.merge, llama2ft.publishing.merge
 args = json.loads(sys.argv[1])
+import os
+c0 = os.times()
 t0 = time.perf_counter()
 """
 EPILOGUE = """
 seconds = time.perf_counter() - t0
+c1 = os.times()
 hwm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
-print(json.dumps({"peak": hwm, "seconds": seconds, "isa": torch.backends.cpu.get_cpu_capability(),
+print(json.dumps({"peak": hwm, "seconds": seconds, "cpu": c1.user + c1.system - c0.user - c0.system, "isa": torch.backends.cpu.get_cpu_capability(),
                   "workers": getattr(llama2ft.publishing.merge, "merge_workers", lambda: None)()}))
 """
 STEPS = {
@@ -142,8 +145,20 @@ def build_adapter(path: Path, base: Path, layers: int, hidden: int, ffn: int, r:
     save_file(tensors, str(path / "adapter_model.safetensors"))
 
 
+def read_through(folder: Path) -> None:
+    """Read every file of `folder` (the page cache then holds it, and the VM's host has it in memory)."""
+    buf = bytearray(16 << 20)
+    for f in sorted(folder.iterdir()):
+        with open(f, "rb", buffering=0) as fh:
+            while fh.readinto(buf):
+                pass
+
+
 def measure(step: str, args: dict, env: dict, code: Path = ROOT) -> dict:
     shutil.rmtree(args["out"], ignore_errors=True)
+    # Every step reads the base, and on a VM the first read of pages not touched for a while can be
+    # several times slower (the host may have paged them out): read it before each step, untimed.
+    read_through(Path(args["base"]))
     os.sync()  # start every step with no dirty pages of the previous one still being written back
     body = STEPS["ours" if step == "before" else step]
     res = subprocess.run([sys.executable, "-c", PRELUDE + body + EPILOGUE, json.dumps(args)],
@@ -151,7 +166,8 @@ def measure(step: str, args: dict, env: dict, code: Path = ROOT) -> dict:
     if res.returncode != 0:
         raise SystemExit(f"step {step} failed:\n{res.stderr[-3000:]}")
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    print(f"{step:8s} peak RSS {out['peak'] / 1e6:8.1f} MB   {out['seconds']:7.2f} s", file=sys.stderr, flush=True)
+    print(f"{step:8s} peak RSS {out['peak'] / 1e6:8.1f} MB   {out['seconds']:7.2f} s   CPU {out['cpu']:6.2f} s",
+          file=sys.stderr, flush=True)
     return out
 
 
@@ -210,6 +226,8 @@ def main() -> None:
             "ours_peak_mb_over_baseline": round(ours_mem / 1e6, 1),
             "ours_s": [round(o["seconds"], 2) for o in ours],
             "copy_s": [round(c["seconds"], 2) for c in copies],
+            "ours_cpu_s_median": round(statistics.median(o["cpu"] for o in ours), 2),
+            "copy_cpu_s_median": round(statistics.median(c["cpu"] for c in copies), 2),
             "peak_mem_over_largest_shard": round(ours_mem / budget, 3),
             "time_over_copy_median": round(statistics.median(p["ours"]["seconds"] / p["copy"]["seconds"]
                                                              for p in pairs), 2),
@@ -217,6 +235,7 @@ def main() -> None:
         }
         if a.before:
             result["before_s"] = [round(p["before"]["seconds"], 2) for p in pairs]
+            result["before_cpu_s_median"] = round(statistics.median(p["before"]["cpu"] for p in pairs), 2)
             result["before_over_copy_median"] = round(statistics.median(
                 p["before"]["seconds"] / p["copy"]["seconds"] for p in pairs), 2)
             result["before_peak_mb_over_baseline"] = round((max(p["before"]["peak"] for p in pairs) - floor) / 1e6, 1)
