@@ -42,12 +42,11 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 # Each step runs this prelude, then its body, then prints {"peak": bytes, "seconds": step time}.
 PRELUDE = """
-import json, sys, time, shutil
+import json, os, sys, time, shutil
 from pathlib import Path
 import torch, safetensors, transformers, peft, hydra
 import llama2ft.merge, llama2ft.publishing.merge
 args = json.loads(sys.argv[1])
-import os
 c0 = os.times()
 t0 = time.perf_counter()
 """
@@ -55,7 +54,8 @@ EPILOGUE = """
 seconds = time.perf_counter() - t0
 c1 = os.times()
 hwm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
-print(json.dumps({"peak": hwm, "seconds": seconds, "cpu": c1.user + c1.system - c0.user - c0.system, "isa": torch.backends.cpu.get_cpu_capability(),
+print(json.dumps({"peak": hwm, "seconds": seconds, "cpu": c1.user + c1.system - c0.user - c0.system,
+                  "isa": torch.backends.cpu.get_cpu_capability(),
                   "workers": getattr(llama2ft.publishing.merge, "merge_workers", lambda: None)()}))
 """
 STEPS = {
