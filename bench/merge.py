@@ -1,12 +1,12 @@
 """Benchmark llama2ft-merge's streaming merge against peft's merge_and_unload and a plain file copy.
 
-    .venv/bin/python bench/merge.py [--repeat 5] [--isa avx2] [--no-peft] [--layers 10] [--keep]
+    .venv/bin/python bench/merge.py [--repeat 5] [--isa avx2] [--no-peft] [--settle 60] [--layers 10] [--keep]
 
 Builds a synthetic multi-shard Llama (random float16 weights, ~1.3 GB in ~250 MB shards) and a random
-LoRA adapter in peft's format (non-zero B) in a temp folder under /tmp, then runs each step in its own
-subprocess, which reports its peak RSS (VmHWM), the wall and CPU time of the step itself (imports
-excluded; the base read through and `sync` before each step; after one uncounted round, copy and ours
-run --repeat times in pairs, in a random order within a pair):
+LoRA adapter in peft's format (non-zero B) in a temp folder under /tmp, waits --settle seconds, then
+runs each step in its own subprocess, which reports its peak RSS (VmHWM), the wall and CPU time of the
+step itself (imports excluded; the base read through and `sync` before each step; after one uncounted
+round, copy and ours run --repeat times in pairs, in a random order within a pair):
   baseline  imports torch, safetensors, transformers, peft, hydra and llama2ft.merge, does nothing;
   copy      shutil.copy of the base's shard files;
   ours      llama2ft.merge.run_merge (verify=false: the check would load the whole model);
@@ -181,6 +181,8 @@ def main() -> None:
     ap.add_argument("--isa", choices=["native", "avx2"], default="native", help="avx2: hold kernels to AVX2")
     ap.add_argument("--before", type=Path, help="a checkout of an earlier commit: its merge runs in each round too")
     ap.add_argument("--no-peft", action="store_true", help="skip peft's merge_and_unload (10 s, 1.8 GB)")
+    ap.add_argument("--settle", type=float, default=60.0,
+                    help="seconds to wait after the build before measuring (its writes settle)")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="llama2ft-bench-merge-", dir="/tmp"))
@@ -193,7 +195,10 @@ def main() -> None:
         adapter_size = (adapter / "adapter_model.safetensors").stat().st_size
         print(f"built {sum(shard_sizes) / 1e9:.2f} GB in {len(shard_sizes)} shards (largest "
               f"{max(shard_sizes) / 1e6:.0f} MB), adapter {adapter_size / 1e6:.0f} MB in "
-              f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+              f"{time.perf_counter() - t0:.0f} s; waiting {a.settle:.0f} s", file=sys.stderr, flush=True)
+        # For 30-60 s after writing the model, merges here ran up to 2x slower (and used up to 2.4x
+        # the CPU time for the same work) while copies did not; after a pause neither did.
+        time.sleep(a.settle)
         common = {"base": str(base), "adapter": str(adapter)}
         env = AVX2 if a.isa == "avx2" else {}
         r = {s: measure(s, {**common, "out": str(work / f"out-{s}")}, env)
