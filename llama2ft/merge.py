@@ -3,8 +3,8 @@
     llama2ft-merge run=outputs/train/2024-01-01_00-00-00 output=merged
     llama2ft-merge base=/models/llama2-7b-chat adapters=[a1,a2] output=merged dtype=bfloat16
 
-The merge streams a block of rows at a time, on several threads (see `publishing.merge`). Before the output appears, logits of the
-merged model are checked against base+adapter (peft).
+The merge streams a block of rows at a time, on several threads (see `publishing.merge`). Before the
+output appears, logits of the merged model are checked against base+adapter (peft).
 """
 from __future__ import annotations
 

@@ -90,7 +90,8 @@ def test_threads_write_what_one_thread_and_the_whole_tensor_fold_give(tmp_path, 
     # what went out unchanged is the base's bytes; what the adapters touch is changed
     base_weights = load_file(str(base / "model-00001-of-00002.safetensors"))
     if dtype == torch.float16:
-        assert torch.equal(got["model.layers.0.mlp.gate_proj.weight"], base_weights["model.layers.0.mlp.gate_proj.weight"])
+        gate = "model.layers.0.mlp.gate_proj.weight"
+        assert torch.equal(got[gate], base_weights[gate])
     assert not torch.equal(got["model.layers.0.mlp.up_proj.weight"].float(),
                            base_weights["model.layers.0.mlp.up_proj.weight"].float())
     # the saved head replaced the base's before the second adapter's LoRA was added to it

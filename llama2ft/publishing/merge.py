@@ -1,9 +1,9 @@
 """The streaming merge behind `llama2ft-merge`: LoRA adapters read as plain tensors and folded into
 the base weights a block of rows at a time on several threads (memory stays near the adapters plus a
 few blocks per thread), written as sharded safetensors with the config and generation config that
-stock transformers loads. The merge always goes into the full-precision base (an adapter trained with quant=nf4/int8 is still
-plain LoRA A/B). DoRA adapters merge too: each row of W + scale * B @ A is rescaled to its learned
-magnitude, row by row as in peft."""
+stock transformers loads. The merge always goes into the full-precision base (an adapter trained with
+quant=nf4/int8 is still plain LoRA A/B). DoRA adapters merge too: each row of W + scale * B @ A is
+rescaled to its learned magnitude, row by row as in peft."""
 from __future__ import annotations
 
 import json
