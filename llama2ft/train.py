@@ -25,24 +25,25 @@ from llama2ft.training.disk_space import DiskFull
 from llama2ft.training.distributed import say
 from llama2ft.training.method import Method
 from llama2ft.training.methods import get_method, method_problems, register_schemas
-from llama2ft.training.pipeline import Start, run_training
+from llama2ft.training.pipeline import run_training
 from llama2ft.training.preemption import Interrupted, signal_problems
-from llama2ft.training.start import (embedded_sft_config, embedded_start_folder, from_init, needs_embedded_start,
-                                     with_init_from)
+from llama2ft.training.start import (Start, embedded_sft_config, embedded_start_folder, from_init,
+                                     needs_embedded_start, start_problems, with_init_from)
 
 
 def checked(cfg: DictConfig) -> Method:
     """The run's method, once every problem of the config (the method's and the start's too) is known."""
     tr = cfg.trainer
-    validate(cfg, method_problems(cfg) + resume_problems(tr.resume) + signal_problems(tr.stop_signals))
+    validate(cfg, method_problems(cfg) + start_problems(cfg) + resume_problems(tr.resume) +
+             signal_problems(tr.stop_signals))
     return get_method(cfg.method.name)
 
 
 def plan(cfg: DictConfig, out_dir: Path) -> tuple[DictConfig, Method, Start]:
-    """The config the run trains with, its method and its start. A preference method on the embedded
-    default with no start first trains (or reuses) the embedded SFT run beside `out_dir`."""
+    """The config the run trains with, its method and its start. A method that continues an SFT model, on the
+    embedded default with no start, first trains (or reuses) the embedded SFT run beside `out_dir`."""
     method = checked(cfg)
-    if needs_embedded_start(cfg):
+    if needs_embedded_start(cfg, method.starts_from_sft):
         check_inputs(cfg.data, cfg.trainer.seed, method.rows)  # a bad pairs file fails before minutes of SFT
         sft = get_method("sft")
         sft_cfg = embedded_sft_config(cfg, OmegaConf.structured(sft.Settings))

@@ -1,6 +1,6 @@
-"""The training skeleton and its methods: the skeleton never names a method, every registered method has
-its config and toy recipe and composes with its own typed settings, and a preference run's embedded SFT
-start is exactly the default SFT run."""
+"""The training skeleton and its methods: the skeleton never names a method, a method is found by its file
+alone, every method has its config and composes with its own typed settings, and the embedded SFT start of a
+method that continues an SFT model is exactly the default SFT run."""
 from __future__ import annotations
 
 import ast
@@ -14,7 +14,8 @@ from llama2ft.training.methods import METHODS
 
 TRAINING = PROJECT_ROOT / "llama2ft" / "training"
 # the skeleton: what runs every method, and may not depend on any of them
-SKELETON = ["pipeline.py", "method.py", "model_setup.py", "answers.py", "arguments.py", "speed.py", "start.py"]
+SKELETON = ["pipeline.py", "method.py", "model_setup.py", "answers.py", "arguments.py", "speed.py", "start.py",
+            "methods/__init__.py"]
 
 
 def imports_of(path) -> set[str]:
@@ -25,7 +26,7 @@ def imports_of(path) -> set[str]:
 
 @pytest.mark.parametrize("module", SKELETON)
 def test_the_skeleton_never_imports_a_method(module):
-    assert not {m for m in imports_of(TRAINING / module) if m.startswith("llama2ft.training.methods")}
+    assert not {m for m in imports_of(TRAINING / module) if m.startswith("llama2ft.training.methods.")}
 
 
 def test_the_check_above_sees_an_import_of_a_method(tmp_path):
@@ -35,14 +36,40 @@ def test_the_check_above_sees_an_import_of_a_method(tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_every_method_has_its_config_recipe_and_typed_settings(name):
+def test_every_method_has_its_config_and_typed_settings_and_reads_its_default_data(name):
+    """A method is its file and configs/method/<name>.yaml: it composes with its own typed settings (the toy
+    steps of configs/tiny_method/ are optional), and the data its config chooses reads as its kind of rows."""
+    from llama2ft.data.pipeline import check_inputs
+
     method = METHODS[name]()
-    assert method.name == name
-    assert (CONFIG_DIR / "method" / f"{name}.yaml").is_file() and (CONFIG_DIR / "tiny_method" / f"{name}.yaml").is_file()
+    assert method.name == name and (CONFIG_DIR / "method" / f"{name}.yaml").is_file()
     cfg = compose([f"method={name}"])
     assert OmegaConf.get_type(cfg.method) is method.Settings and cfg.method.name == name
-    expected_rows = {"sft": "dialogues", "kto": "completions"}.get(name, "pairs")
-    assert method.rows.name == expected_rows
+    checked = check_inputs(cfg.data, cfg.trainer.seed, method.rows)
+    assert sum(len(scan.rows) for scan in checked.train) > 0 and not any(scan.skipped for scan in checked.train)
+
+
+def test_the_registry_finds_a_method_by_its_file_alone(tmp_path, monkeypatch):
+    """Adding a method needs no edit of the registry: a module of training/methods that states METHOD is found."""
+    import importlib
+    import sys
+
+    import llama2ft.training.methods as registry
+
+    (tmp_path / "mine.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from llama2ft.training.method import Method, MethodSettings\n"
+        "@dataclass\nclass MineSettings(MethodSettings):\n    name: str = 'mine'\n"
+        "class Mine(Method):\n    name = 'mine'\n    Settings = MineSettings\n"
+        "METHOD = Mine\n", encoding="utf-8")
+    monkeypatch.setattr(registry, "__path__", [*registry.__path__, str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "llama2ft.training.methods.mine", raising=False)
+    try:
+        found = registry._discover()
+    finally:
+        sys.modules.pop("llama2ft.training.methods.mine", None)
+    assert "mine" in found and set(METHODS) < set(found) and next(iter(found)) == "sft"
+    importlib.invalidate_caches()
 
 
 def test_the_embedded_sft_start_is_the_default_sft_run():
@@ -51,7 +78,7 @@ def test_the_embedded_sft_start_is_the_default_sft_run():
     from llama2ft.training.start import SFT_PARTS, embedded_sft_config
 
     default = compose([])
-    for name in sorted(set(METHODS) - {"sft"}):
+    for name in sorted(n for n, m in METHODS.items() if m.starts_from_sft):
         sft = embedded_sft_config(compose([f"method={name}"]), OmegaConf.structured(SftSettings))
         for part in (*SFT_PARTS, "method", "sample_eval"):
             assert OmegaConf.to_container(sft[part], resolve=True) == \

@@ -15,6 +15,7 @@ from llama2ft.training.methods.dpo import dpo_loss
 from llama2ft.training.methods.kto import batch_kl, kto_loss
 from llama2ft.training.methods.orpo import orpo_loss
 from llama2ft.training.methods.simpo import simpo_loss
+from llama2ft.training.start import start_problems
 from llama2ft.training.preference import sequence_logps
 
 
@@ -110,7 +111,7 @@ def test_kto_loss_matches_hand_computation():
 ])
 def test_method_config_problems_all_at_once(method, bad, needles):
     cfg = compose([f"method={method}", *bad, "data.packing=true", "init_from=/no/such/run", "trainer.learning_rate=0"])
-    problems = collect_problems(cfg) + method_problems(cfg)
+    problems = collect_problems(cfg) + method_problems(cfg) + start_problems(cfg)
     for needle in (*needles, "data.packing=true", "init_from='/no/such/run'", "trainer.learning_rate=0"):
         assert any(needle in p for p in problems), (needle, problems)
     ok = compose([f"method={method}"])

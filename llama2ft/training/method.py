@@ -5,7 +5,7 @@ model and its adapter, the Trainer, checkpoints and resume, metrics, greedy answ
 the run folder); a method says what is its own: what its data rows are, how a batch is collated, the
 Trainer (and loss) that optimises it, what it does with the model before training (a reference's
 log-probs), its own held-out figures, and its settings (the `method` config node). Methods live in
-training/methods/, one file each, listed in training/methods/__init__.py; the skeleton never imports one.
+training/methods/, one file each (found there by training/methods/__init__.py); the skeleton never imports one.
 """
 from __future__ import annotations
 
@@ -45,6 +45,9 @@ class Method:
     rows: RowKind = DIALOGUES  # what its data files hold (data.splits / data.pair_encode)
     match_metric = "exact_match"  # metrics key of the greedy answers' match with the wanted answers
     fused_loss = True  # a next-token loss on labels, so Liger's fused linear cross-entropy applies
+    # it continues an SFT model: `init_from` names one, and on the embedded default with no start the embedded
+    # SFT model is trained (or reused) first (training/start.py)
+    starts_from_sft = False
 
     def problems(self, cfg: DictConfig) -> list[str]:
         """Config problems of this method's settings (collected with every other problem)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -36,16 +35,7 @@ from llama2ft.training.optimizer import optimizer_factory
 from llama2ft.training.plots import plot_loss
 from llama2ft.training.preemption import Preemption
 from llama2ft.training.speed import peak_gpu_memory
-
-
-@dataclass(frozen=True)
-class Start:
-    """What a run starts from besides its config's model: a trained adapter that keeps training, and the
-    embedded base it was trained on (copied into this run's folder, so the folder stands on its own)."""
-
-    trained_adapter: Optional[str] = None  # keeps training (an SFT run's adapter/)
-    base_model: Optional[Path] = None
-    source: Optional[str] = None  # init_from, for the log
+from llama2ft.training.start import Start
 
 
 def check_run_dir(run: RunDir, resume: str) -> None:

@@ -142,6 +142,7 @@ class PreferenceMethod(Method):
     """A method optimised by the PreferenceTrainer: `batch_loss` gives a batch's mean loss and figures."""
 
     match_metric = "chosen_match"
+    starts_from_sft = True
     fused_loss = False  # the losses read answer log-probs, not next-token labels
     needs_reference = False  # the starting model's log-probs are scored once before training
 

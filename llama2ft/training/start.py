@@ -2,7 +2,8 @@
 
 `init_from` (a training run folder or a merged model folder) gives a new config that points at what it
 holds (its base, tokenizer, template and LoRA shape) and a `Start` (the adapter that keeps training).
-A preference method on the embedded default with no start trains from the embedded SFT model: its
+A method that continues an SFT model (`Method.starts_from_sft`: the preference methods) on the embedded
+default with no start trains from the embedded SFT model: its
 config is derived from the run's own, with the sample data and the tiny SFT recipe
 (configs/tiny_method/sft.yaml, the same file `llama2ft-train` with no overrides composes).
 
@@ -15,14 +16,25 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from llama2ft import CONFIG_DIR
 from llama2ft.model.run_folder import RunDir, is_run_folder, read_chat_meta, read_run
-from llama2ft.training.pipeline import Start
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a run starts from besides its config's model: a trained adapter that keeps training, and the
+    embedded base it was trained on (copied into this run's folder, so the folder stands on its own)."""
+
+    trained_adapter: Optional[str] = None  # keeps training (an SFT run's adapter/)
+    base_model: Optional[Path] = None
+    source: Optional[str] = None  # init_from, for the log
+
 
 SFT_PARTS = ("model", "lora", "quant", "data", "template", "trainer")  # what names an embedded SFT start
 SFT_RECIPE = CONFIG_DIR / "tiny_method" / "sft.yaml"
@@ -42,9 +54,10 @@ def start_problems(cfg: DictConfig) -> list[str]:
     return []
 
 
-def needs_embedded_start(cfg: DictConfig) -> bool:
-    """A preference run told nothing about its start: it starts from the embedded SFT model."""
-    return cfg.method.name != "sft" and cfg.init_from is None and cfg.model.name_or_path is None
+def needs_embedded_start(cfg: DictConfig, starts_from_sft: bool) -> bool:
+    """A run of a method that continues an SFT model (`Method.starts_from_sft`), told nothing about its start:
+    it starts from the embedded SFT model."""
+    return starts_from_sft and cfg.init_from is None and cfg.model.name_or_path is None
 
 
 def embedded_sft_config(cfg: DictConfig, sft_settings: Any) -> DictConfig:

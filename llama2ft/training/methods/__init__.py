@@ -1,24 +1,32 @@
 """The training methods, one file each, and the registry `llama2ft-train` picks from by `method.name`.
 
-Adding a method: a file here with its settings dataclass and its `Method` subclass (training/method.py),
-a line in METHODS, and configs/method/<name>.yaml (its data group and what it changes; see docs/architecture.md).
+Adding a method: a file here with its settings dataclass, its `Method` subclass (training/method.py) and
+`METHOD = <that class>`, and configs/method/<name>.yaml (its data group and what it changes); the embedded
+default's toy steps for it, if it needs its own, go in configs/tiny_method/<name>.yaml (see docs/architecture.md).
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import fields
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from llama2ft.training.method import Method
-from llama2ft.training.methods.dpo import DPO
-from llama2ft.training.methods.kto import KTO
-from llama2ft.training.methods.orpo import ORPO
-from llama2ft.training.methods.sft import SFT
-from llama2ft.training.methods.simpo import SimPO
-from llama2ft.training.start import start_problems
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SFT, DPO, ORPO, SimPO, KTO)}
+
+def _discover() -> dict[str, type[Method]]:
+    """Every module of this package that states its `METHOD`, by the method's name (SFT first, as the default)."""
+    found: dict[str, type[Method]] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: (m.name != "sft", m.name)):
+        method = getattr(importlib.import_module(f"{__name__}.{info.name}"), "METHOD", None)
+        if method is not None:
+            found[method.name] = method
+    return found
+
+
+METHODS: dict[str, type[Method]] = _discover()
 
 
 def get_method(name: str) -> Method:
@@ -29,7 +37,7 @@ def get_method(name: str) -> Method:
 
 
 def method_problems(cfg: DictConfig) -> list[str]:
-    """The problems of the method settings and of the start (`init_from`), for the config checks."""
+    """The problems of the method settings, for the config checks."""
     name = cfg.method.name
     if name not in METHODS:
         return [f"method.name={name!r}: must be one of {', '.join(METHODS)} (choose it with method=NAME)"]
@@ -39,7 +47,7 @@ def method_problems(cfg: DictConfig) -> list[str]:
     if missing:
         return [f"method.name={name!r}: choose a method with its config group (method={name}), which brings its "
                 f"settings ({', '.join(missing)} missing)"]
-    return method().problems(cfg) + start_problems(cfg)
+    return method().problems(cfg)
 
 
 def register_schemas() -> None:

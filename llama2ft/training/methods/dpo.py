@@ -76,3 +76,6 @@ class DPO(PairMethod):
         """A larger log-prob gain over the reference (a tie, as at the start where the model is the
         reference, counts as not preferring)."""
         return (c - ref[0]) > (r - ref[1])
+
+
+METHOD = DPO

@@ -115,3 +115,6 @@ class KTO(PreferenceMethod):
         print(f"\nreward accuracy {when}: {acc:.0%} on {len(right)} held-out completions (desirable ones gain "
               "log-probability over the reference, undesirable ones lose it)", flush=True)
         return {"reward_accuracy": acc}
+
+
+METHOD = KTO

@@ -35,3 +35,6 @@ class ORPO(PairMethod):
     def pair_loss(self, s: Any, chosen: torch.Tensor, rejected: torch.Tensor, n_c: torch.Tensor, n_r: torch.Tensor,
                   batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return orpo_loss(chosen, rejected, n_c, n_r, s.beta)
+
+
+METHOD = ORPO

@@ -24,8 +24,8 @@ class SFT(Method):
 
     def problems(self, cfg: DictConfig) -> list[str]:
         if cfg.init_from is not None:
-            return ["init_from: only preference methods (method=dpo, orpo, simpo, kto) start from another run; "
-                    "for SFT set model.name_or_path"]
+            return ["init_from: method=sft does not continue another run (the methods that do: the preference and "
+                    "reward methods); for SFT set model.name_or_path"]
         return []
 
     def collator(self, tokenizer: Any, attention: str, cfg: DictConfig) -> Any:
@@ -47,3 +47,6 @@ class SFT(Method):
             return []
         dialogues = [turns for _, turns in read_rows(se.file, cfg.data).items] if se.file else data.prepared.examples
         return questions_from_dialogues(dialogues, limit)
+
+
+METHOD = SFT

@@ -48,3 +48,6 @@ class SimPO(PairMethod):
     def pair_loss(self, s: Any, chosen: torch.Tensor, rejected: torch.Tensor, n_c: torch.Tensor, n_r: torch.Tensor,
                   batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return simpo_loss(chosen, rejected, n_c, n_r, s.beta, s.gamma, s.sft_weight)
+
+
+METHOD = SimPO
