@@ -45,7 +45,7 @@ def answer_ids(template: Template, tok: Any, answered: list[tuple[tuple[Turn, ..
     return [[i for i, lab in zip(e.input_ids, e.labels) if lab != IGNORE_INDEX] for e in encode_rendered(tok, rendered)]
 
 
-class _PreferenceSplit:
+class PromptedSplit:
     """One split of preference rows being encoded: rows gather into a batch, which is tokenized (in the
     fast tokenizer's threads) and appended to the Arrow file as one record batch."""
 
@@ -93,7 +93,7 @@ class _PreferenceSplit:
         self.writer.close()
 
 
-class PairSplit(_PreferenceSplit):
+class PairSplit(PromptedSplit):
     schema = PAIR_SCHEMA
 
     def _encode(self, batch: list[tuple[tuple[str, int], Pair]]) -> dict[str, list]:
@@ -118,7 +118,7 @@ class PairSplit(_PreferenceSplit):
         return out
 
 
-class CompletionSplit(_PreferenceSplit):
+class CompletionSplit(PromptedSplit):
     schema = COMPLETION_SCHEMA
 
     def _encode(self, batch: list[tuple[tuple[str, int], Completion]]) -> dict[str, list]:

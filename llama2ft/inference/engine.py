@@ -175,11 +175,12 @@ class ChatModel:
             room = min(r for _, _, r in chunk)
             rows = self.submit(lambda: self.generate_ids([ids for ids, _, _ in chunk], sampling, room)).result()
             for (ids, dropped, _), out in zip(chunk, rows):
-                replies.append(self._reply(ids, out, room, dropped, sampling.stop))
+                replies.append(self.reply(ids, out, room, dropped, sampling.stop))
         return replies
 
-    def _reply(self, prompt: list[int], out: list[int], room: int, dropped: int, stop: tuple[str, ...] = ()
-               ) -> Reply:
+    def reply(self, prompt: list[int], out: list[int], room: int, dropped: int, stop: tuple[str, ...] = ()
+              ) -> Reply:
+        """The answer in `out` (new ids of `generate_ids`): cut at EOS, decoded, cut at a stop text."""
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         stopped = eos in out
         if stopped:

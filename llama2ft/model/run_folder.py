@@ -48,6 +48,7 @@ class RunDir:
     CHECKPOINT_PREFIX = "checkpoint-"  # the HF Trainer's checkpoints/checkpoint-<step>/
     # written last into a checkpoint folder: its files' sizes and sha256 (training/checkpoints.py)
     CHECKPOINT_COMPLETE = "llama2ft-complete.json"
+    COMPLETIONS = "completions.jsonl"  # GRPO: a sample of the answers of each logging step, with their rewards
 
     def __init__(self, path: Union[str, Path]):
         self.path = Path(path).expanduser()

@@ -67,8 +67,9 @@ class Method:
         """Whether the Trainer batches rows of similar length (needs the data's `length` column)."""
         return False
 
-    def data(self, cfg: DictConfig, prepared: Prepared) -> MethodData:
-        """The Trainer's datasets from the prepared splits."""
+    def data(self, cfg: DictConfig, prepared: Prepared, tokenizer: Any) -> MethodData:
+        """The Trainer's datasets from the prepared splits (before any model loads: checks of the data against
+        the method's settings belong here)."""
         return MethodData(prepared, prepared.train, prepared.eval)
 
     def before_training(self, cfg: DictConfig, model: Any, data: MethodData) -> MethodData:

@@ -89,7 +89,7 @@ def run_training(cfg: DictConfig, method: Method, out_dir: Path, resume: Any, st
         write_preview(prepared.preview, run.preview)
     say(method.rows.summary(prepared.stats))
     say(describe_first(tokenizer, prepared.preview))
-    data = method.data(cfg, prepared)
+    data = method.data(cfg, prepared, tokenizer)
 
     # 4. model
     model, base_path, dtype, speed = build_model(cfg, tokenizer, run, start.trained_adapter)

@@ -22,6 +22,7 @@ from llama2ft.data.templates import IGNORE_INDEX
 from llama2ft.evaluation.heldout import QA
 from llama2ft.model.loading import quantized_layers
 from llama2ft.training import distributed
+from llama2ft.training.figures import figures_trainer_class
 from llama2ft.training.method import Method, MethodData
 from llama2ft.training.model_setup import train_device
 
@@ -101,34 +102,19 @@ def with_columns(dataset: Any, columns: dict[str, list]) -> Any:
 
 
 def preference_trainer_class() -> type:
-    """The HF Trainer subclass of the preference methods (built lazily: transformers imports slowly)."""
-    from transformers import Trainer
+    """The Trainer of the preference methods: `compute_loss` is the method's loss, its figures (rewards, ...)
+    logged with the loss (training/figures.py)."""
 
-    class PreferenceTrainer(Trainer):
-        """`compute_loss` is the method's loss; its figures (rewards, ...) are averaged over the logging
-        window and logged with the loss (train and eval), as the Trainer logs its own figures."""
-
+    class PreferenceTrainer(figures_trainer_class()):  # type: ignore[misc]
         def __init__(self, *args: Any, method: "PreferenceMethod", settings: Any, **kwargs: Any):
             super().__init__(*args, **kwargs)
             self.method, self.settings = method, settings
-            self._window: dict[str, dict[str, list[float]]] = {"train": {}, "eval": {}}
 
         def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
             loss, figures = self.method.batch_loss(model, inputs, self.settings)
-            window = self._window["train" if model.training else "eval"]
-            for key, value in figures.items():
-                window.setdefault(key, []).append(float(value))
+            self.record(figures, model.training)
             return (loss, {"loss": loss}) if return_outputs else loss
-
-        def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-            split = "eval" if any(k.startswith("eval_") for k in logs) else "train"
-            prefix = "eval_" if split == "eval" else ""
-            for key, values in self._window[split].items():
-                if values:
-                    logs[f"{prefix}{key}"] = round(sum(values) / len(values), 4)
-            self._window[split] = {}
-            super().log(logs, *args, **kwargs)
 
     return PreferenceTrainer
 

@@ -1,0 +1,216 @@
+"""method=grpo as a user runs it: prompt rows (and the ids chat sends for them, on the embedded and the real
+Llama-2 tokenizer), the rewards (built-ins, a user's file, TRL's own reward function, every way a reward can
+fail), and a GRPO run from an SFT run with its figures, its answers log, a stop signal and the resume that
+ends where the uninterrupted run ends, merge and chat."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import textwrap
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import compose, run_app, train_ok
+from fault_points import pause_env, signal_when_paused
+from llama2ft.core.errors import UserError
+from llama2ft.data.dialogue import Turn
+from llama2ft.data.prompt_rows import PromptRow, iter_prompts, prompt_ids_of
+from llama2ft.data.templates import get_template
+from llama2ft.training.rewards import RewardSet, batch_of, reward_problems
+from test_train_e2e import assert_same_adapter
+
+DATA = OmegaConf.create({"encoding": None, "format": "dialogue", "text_column": "text", "skip_bad_rows": False})
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
+    return str(path)
+
+
+# ---------------------------------------------------------------- rows
+def test_prompt_rows_from_a_prompt_column_and_from_dialogues(tmp_path):
+    rows = [i.value for i in iter_prompts(write(tmp_path / "p.jsonl", """
+        {"prompt": "数字 12 的中文读法是什么？", "answer": "十二", "level": 1}
+        {"prompt": "<s>Human: 你好\\n</s><s>Assistant: 你好！\\n</s><s>Human: 1+1=?\\n</s>"}
+        """), DATA)]
+    assert rows[0].turns == (Turn("human", "数字 12 的中文读法是什么？"),) and rows[0].prompt == "数字 12 的中文读法是什么？"
+    assert rows[0].columns == {"answer": "十二", "level": 1}
+    assert [t.role for t in rows[1].turns] == ["human", "assistant", "human"] and rows[1].prompt.startswith("<s>Human")
+    cells = [i.value for i in iter_prompts(write(tmp_path / "d.csv", '''
+        text
+        "<s>Human: 请用中文写出数字 7。
+        </s><s>Assistant: 七
+        </s>"
+        '''), DATA)]
+    assert cells == [PromptRow((Turn("human", "请用中文写出数字 7。"),), "请用中文写出数字 7。", {"answer": "七"})]
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("prompt,chosen,rejected\nq,a,b\n", "is a pairs file (prompt, chosen, rejected): method=grpo learns from rewards"),
+    ('{"question": "q"}\n', "an object with none of the known shapes"),
+])
+def test_files_that_are_not_prompts_get_one_error(tmp_path, content, needle):
+    path = write(tmp_path / ("f.csv" if content.startswith("prompt") else "f.jsonl"), content)
+    # no start given: the embedded SFT start would be trained first, but the data is checked before that
+    res = run_app("train", "method=grpo", f"data.train_file={path}", "data.eval_file=null",
+                  f"hydra.run.dir={tmp_path / 'run'}")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and needle in errors[0], res.stderr[-2000:]
+
+
+def test_prompt_ids_are_the_ids_chat_sends(any_tokenizer):
+    """The ids GRPO generates from are `llama2ft-chat`'s for the same conversation (several turns, a row's
+    own system prompt), on the embedded and the real Llama-2 tokenizer."""
+    from llama2ft.inference.engine import ChatModel
+
+    rows = [PromptRow((Turn("human", "请用中文写出数字 903。"),), "q"),
+            PromptRow((Turn("human", "Hello"), Turn("assistant", "你好！ How are you?"), Turn("human", " 1+1=？")), "q"),
+            PromptRow((Turn("human", "写一首诗"),), "q", system="你是诗人")]
+    for name in ("human_assistant", "llama2_inst"):
+        template = get_template(name, "请用中文回答")
+        chat = ChatModel(None, any_tokenizer, template, 4096)
+        ids = prompt_ids_of(template, any_tokenizer, rows)
+        for row, got in zip(rows, ids):
+            assert got == chat.prompt_ids(list(row.turns), 64, system=row.system)[0], (name, row)
+
+
+# ---------------------------------------------------------------- rewards
+REWARDS_PY = """
+def length_reward(prompts, completions, completion_ids, level, **kwargs):
+    return [float(len(c)) + lv for c, lv in zip(completions, level)]
+def broken(completions, **kwargs):
+    raise ValueError("bad input")
+def short(completions, **kwargs):
+    return [1.0]
+def nan(completions, **kwargs):
+    return [float("nan")] * len(completions)
+def none_for_empty(completions, **kwargs):
+    return [None if not c else 1.0 for c in completions]
+"""
+
+
+def test_builtin_and_user_rewards_with_trls_signature(tmp_path, tokenizer):
+    user = write(tmp_path / "my_rewards.py", REWARDS_PY)
+    rows = [PromptRow((Turn("human", "q"),), "q", {"answer": "十二", "level": 2})]
+    batch = batch_of(rows, 3, ["十二", "twelve", "十二十二十二十二十二十二十二十二十二十二十二十二"], [[5, 2], [6, 2], [7] * 40],
+                     {"trainer_state": None})
+    rewards = RewardSet(["exact_match", "chinese_answer", "repetition", "overlong", f"{user}:length_reward"],
+                        [1.0, 0.5, 1.0, 1.0, 0.0], max_new_tokens=40)
+    per = rewards.score(batch)
+    assert per[:, 0].tolist() == [1.0, 0.0, 0.0] and per[:, 1].tolist() == [1.0, 0.0, 1.0]
+    assert per[0, 2] == 0 and per[2, 2] < -0.5  # the looping answer is penalised
+    assert per[:, 3].tolist() == [0.0, 0.0, -1.0]  # 40 of 40 tokens: the full overlong penalty
+    assert per[:, 4].tolist() == [4.0, 8.0, 26.0]  # the row's `level` column arrived as a keyword
+    assert rewards.total(per).tolist() == pytest.approx([1.5, 0.0, 0.5 + per[2, 2].item() - 1.0])
+    assert rewards.names == ["exact_match", "chinese_answer", "repetition", "overlong", "length_reward"]
+
+
+def test_a_reward_function_written_for_trl_runs_unchanged(tokenizer):
+    """TRL's own think_format_reward (conversational format: completions as message lists)."""
+    pytest.importorskip("trl")
+    rows = [PromptRow((Turn("human", "q"),), "q")]
+    rewards = RewardSet(["trl.rewards:think_format_reward"], None, 16, messages=True)
+    batch = batch_of(rows, 2, ["<think>\nhm\n</think>\n42", "42"], [[1], [2]], {"trainer_state": None})
+    assert rewards.score(batch)[:, 0].tolist() == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("name, needle", [
+    ("broken", "reward {file}:broken raised ValueError: bad input"),
+    ("short", "reward {file}:short returned 1 values for 4 completions"),
+    ("nan", "reward {file}:nan returned nan for completion 0"),
+])
+def test_a_reward_that_fails_stops_the_run_with_one_error_before_any_model_loads(tmp_path, name, needle, learned_run):
+    user = write(tmp_path / "r.py", REWARDS_PY)
+    res = run_app("train", "method=grpo", f"init_from={learned_run.path}", f"method.rewards=[{user}:{name}]",
+                  f"hydra.run.dir={tmp_path / 'run'}")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and needle.format(file=user) in errors[0], res.stderr[-2000:]
+    assert "model:" not in res.stdout  # stopped before the model was built
+
+
+def test_unknown_and_unimportable_rewards_are_config_problems(tmp_path):
+    write(tmp_path / "r.py", REWARDS_PY)
+    problems = reward_problems(["exact_match", "nope", f"{tmp_path}/r.py:missing", "no_such_pkg.mod:f"], [1.0], 16)
+    assert any("'nope' is not a built-in reward (chinese_answer, exact_match, repetition, overlong)" in p
+               for p in problems)
+    assert any("r.py:missing' cannot be imported: ImportError" in p for p in problems)
+    assert any("'no_such_pkg.mod:f' cannot be imported: ModuleNotFoundError" in p for p in problems)
+    assert "method.reward_weights: 1 weights for 4 rewards" in problems
+    none = RewardSet([f"{tmp_path}/r.py:none_for_empty", "chinese_answer"], None, 16)
+    per = none.score(batch_of([PromptRow((Turn("human", "q"),), "q")], 2, ["", "abc"], [[2], [3, 2]], {}))
+    assert math.isnan(per[0, 0]) and none.total(per).tolist() == [0.0, 1.0]  # None: not scored, as in TRL
+    with pytest.raises(UserError, match="needs a 'answer' column"):
+        RewardSet(["exact_match"], None, 16).check_columns({"level"}, "p.csv")
+
+
+def test_grpo_settings_are_checked_with_every_other_problem():
+    from llama2ft.config.validation import collect_problems
+    from llama2ft.training.methods import method_problems
+
+    cfg = compose(["method=grpo", "method.num_generations=1", "method.loss_type=ppo", "method.temperature=0",
+                   "method.generation=tgi", "data.packing=true", "trainer.learning_rate=0"])
+    problems = " | ".join(collect_problems(cfg) + method_problems(cfg))
+    for needle in ("method.num_generations=1", "method.loss_type='ppo'", "method.temperature=0",
+                   "method.generation='tgi'", "data.packing=true", "trainer.learning_rate=0"):
+        assert needle in problems
+
+
+# ---------------------------------------------------------------- a run
+GRPO = ["method=grpo", "trainer.max_steps=6", "trainer.save_steps=3", "trainer.eval_steps=3",
+        "trainer.logging_steps=3", "trainer.per_device_train_batch_size=4", "method.num_generations=4",
+        "method.max_new_tokens=12", "trainer.save_total_limit=null", "sample_eval.max_questions=16"]
+
+
+@pytest.fixture(scope="module")
+def grpo_run(learned_run, tmp_path_factory):
+    run = tmp_path_factory.mktemp("grpo") / "run"
+    out = train_ok(run, *GRPO, f"init_from={learned_run.path}")
+    return run, out
+
+
+def test_a_grpo_run_reports_its_rewards_before_after_and_while_training(grpo_run):
+    run, out = grpo_run
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("reward_before", "reward_after", "reward/exact_match_before", "reward/exact_match_after",
+                "exact_match_before", "exact_match_after", "train_reward", "train_reward/exact_match",
+                "train_generation_share", "eval_reward"):
+        assert key in metrics, key
+    assert metrics["reward_before"] == metrics["exact_match_before"]  # exact match is the only reward here
+    assert metrics["method"] == "grpo" and 0 < metrics["train_generation_share"] < 1
+    assert "held-out reward before training:" in out and "held-out reward after training:" in out
+    logged = [json.loads(line) for line in (run / "completions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {row["step"] for row in logged} == {3, 6} and len(logged) == 8  # one prompt's 4 answers, each log
+    assert all(set(row["rewards"]) == {"exact_match"} and row["rewards"]["exact_match"] in (0.0, 1.0)
+               for row in logged)
+
+
+def test_a_stopped_grpo_run_resumes_to_the_uninterrupted_adapter(grpo_run, learned_run, tmp_path):
+    """SIGTERM during step 4: it stops with a checkpoint (exit 75); the same command ends with the adapter of
+    the uninterrupted run: the answers of each step are sampled from a seed of that step."""
+    straight, _ = grpo_run
+    run, pauses = tmp_path / "run", tmp_path / "pauses"
+    args = [*GRPO, f"init_from={learned_run.path}", f"hydra.run.dir={run}"]
+    sender = signal_when_paused(pauses, "step-4", signal.SIGTERM)
+    res = run_app("train", *args, env=pause_env(pauses, "step-4"))
+    sender.join()
+    assert res.returncode == 75, res.stderr[-3000:]
+    out = train_ok(run, *args[:-1])
+    assert "resuming from" in out and json.loads((run / "metrics.json").read_text())["steps_this_run"] == 2
+    assert_same_adapter(straight, run, atol=1e-6)
+
+
+def test_a_grpo_run_merges_and_chats_like_any_run(grpo_run, tmp_path):
+    run, _ = grpo_run
+    merged = tmp_path / "merged"
+    res = run_app("merge", f"run={run}", f"output={merged}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    asked = run_app("chat", f"model.name_or_path={merged}", "prompt=请用中文写出数字 903。", "temperature=0")
+    direct = run_app("chat", f"run={run}", "prompt=请用中文写出数字 903。", "temperature=0")
+    assert asked.returncode == 0 and asked.stdout.strip() and asked.stdout == direct.stdout
+    shutil.rmtree(merged)
