@@ -23,6 +23,7 @@ from llama2ft.core import environment
 from llama2ft.core.environment import anonymous
 from llama2ft.data import cache
 from llama2ft.training import sweeps
+from llama2ft.training.provenance import environment_now
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 HYDRA_OWN = (".hydra", "train.log")  # what Hydra itself writes into a run folder before the command starts
@@ -67,6 +68,7 @@ def data_copy(tmp_path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_run_records_what_made_it(smoke_run: TrainedRun):
     run = smoke_run.path
     text = (run / "provenance.json").read_text(encoding="utf-8")
@@ -105,10 +107,10 @@ def test_a_run_records_what_made_it(smoke_run: TrainedRun):
 
 
 def test_git_state_without_a_checkout_or_without_git(tmp_path, monkeypatch):
-    assert environment.git_state(tmp_path) == {"commit": None, "dirty": None,
-                                               "note": f"{anonymous(str(tmp_path))} is not a git checkout"}
+    assert environment.read_git_state(tmp_path) == {"commit": None, "dirty": None,
+                                                    "note": f"{anonymous(str(tmp_path))} is not a git checkout"}
     monkeypatch.setenv("PATH", str(tmp_path))  # no git on the PATH
-    assert environment.git_state(PROJECT_ROOT)["note"] == "git is not installed"
+    assert environment.read_git_state(PROJECT_ROOT)["note"] == "git is not installed"
 
 
 def test_anonymous_paths():
@@ -119,6 +121,7 @@ def test_anonymous_paths():
     assert anonymous("paths.root_dir=/srv/llama2ft") == "paths.root_dir=/srv/llama2ft"
 
 
+@pytest.mark.slow
 def test_edited_csv_refuses_the_rerun_before_any_model(smoke_run: TrainedRun, tmp_path, data_copy, monkeypatch):
     source = recorded_copy(smoke_run.path, tmp_path / "run", data_copy)
     edit_same_size(data_copy)
@@ -134,10 +137,11 @@ def test_edited_csv_refuses_the_rerun_before_any_model(smoke_run: TrainedRun, tm
     assert files_of(source) == before  # the recorded run is untouched
     assert not (tmp_path / "again" / "config.yaml").exists() and not (tmp_path / "again" / "provenance.json").exists()
 
-    # data.allow_changed=true goes on, with warnings: the data file, and a package version and the ISA that differ
+    # data.allow_changed=true goes on, with warnings: the data file, and a package version, the ISA and the commit
     record = json.loads((source / "provenance.json").read_text(encoding="utf-8"))
     record["packages"]["transformers"] = "0.0.1"
     record["hardware"]["cpu_capability"] = "VSX"
+    record["git"]["commit"] = "0" * 40
     (source / "provenance.json").write_text(json.dumps(record), encoding="utf-8")
     hashed: list[str] = []
     sha256 = cache._sha256
@@ -150,6 +154,8 @@ def test_edited_csv_refuses_the_rerun_before_any_model(smoke_run: TrainedRun, tm
         in warnings
     assert f"warning: cpu capability: VSX -> {torch.backends.cpu.get_cpu_capability()} (the run in {source} -> " \
            "this run)" in warnings
+    assert any(line.startswith(f"warning: llama2ft commit: {'0' * 40} -> ") for line in warnings)
+    assert len([line for line in warnings if line.endswith(f"(the run in {source} -> this run)")]) == 3  # one each
     hashed = sorted(str(Path(h).resolve()) for h in hashed)
     assert hashed == sorted([str(data_copy.resolve()), str((SAMPLE / "dev.csv").resolve())])  # each file once
     on = json.loads((tmp_path / "on" / "provenance.json").read_text(encoding="utf-8"))
@@ -158,6 +164,7 @@ def test_edited_csv_refuses_the_rerun_before_any_model(smoke_run: TrainedRun, tm
     assert f"transformers: 0.0.1 -> {metadata.version('transformers')}" in on["rerun_of"]["differences"]
 
 
+@pytest.mark.slow
 def test_edited_csv_refuses_a_resume_and_a_sweep_job(smoke_run: TrainedRun, tmp_path, data_copy):
     run = recorded_copy(smoke_run.path, tmp_path / "run", data_copy, finished=False)
     sweep_job = recorded_copy(smoke_run.path, tmp_path / "sweep" / "0", data_copy, finished=False)
@@ -181,8 +188,8 @@ def test_edited_csv_refuses_a_resume_and_a_sweep_job(smoke_run: TrainedRun, tmp_
     assert {k: v for k, v in files_of(sweep_job).items() if k != "FAILED"} == before
 
 
-def test_sweep_summary_states_the_environment_once_and_flags_other_versions(smoke_run: TrainedRun, tmp_path):
-    record = json.loads((smoke_run.path / "provenance.json").read_text(encoding="utf-8"))
+def test_sweep_summary_states_the_environment_once_and_flags_other_versions(tmp_path):
+    record = environment_now()  # what a job records (its packages, commit, hardware)
     versions = {"0": None, "1": "9.9.9", "2": None}
     for job, version in versions.items():
         folder = tmp_path / job

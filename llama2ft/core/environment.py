@@ -62,17 +62,27 @@ def _pyproject_requirements() -> list[str]:
                                                 for r in extra)]
 
 
-def imported_distributions() -> set[str]:
-    """The (normalized) distributions with a top-level module imported in this process."""
+def imported_distributions(names: Iterable[str]) -> set[str]:
+    """Those of the distributions `names` with a top-level module imported in this process."""
     loaded = {name.split(".")[0] for name in list(sys.modules)}
-    return {normalized(dist) for module, dists in _module_distributions().items() if module in loaded
-            for dist in dists}
+    return {name for name in names if loaded.intersection(top_modules(name))}
 
 
 @functools.lru_cache(maxsize=None)
-def _module_distributions() -> dict[str, list[str]]:
-    """Top-level module -> the distributions that install it (a scan of every installed package: once)."""
-    return metadata.packages_distributions()
+def top_modules(name: str) -> tuple[str, ...]:
+    """The top-level modules distribution `name` installs: its top_level.txt, else the top folders and
+    modules of its RECORD and the module named like it."""
+    try:
+        dist = metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return ()
+    listed = dist.read_text("top_level.txt")
+    if listed:
+        return tuple(line.split("/")[0] for line in listed.split())
+    # RECORD lines are `path,hash,size`; parsed as text (dist.files builds a path object per file: slow)
+    parts = {line.split(",", 1)[0].split("/", 1)[0] for line in (dist.read_text("RECORD") or "").splitlines()}
+    names = {p.removesuffix(".py") for p in parts} | {name.replace("-", "_")}
+    return tuple(sorted(n for n in names if n.isidentifier()))  # not *.dist-info, *.data, README.md, ...
 
 
 def packages(include: Iterable[str] = ()) -> dict[str, Optional[str]]:
@@ -80,7 +90,7 @@ def packages(include: Iterable[str] = ()) -> dict[str, Optional[str]]:
     imported, and the names in `include` (null: not installed)."""
     import torch
 
-    imported = imported_distributions()
+    imported = imported_distributions(dependency_names())
     out: dict[str, Optional[str]] = {"python": platform.python_version(), "llama2ft": installed_version("llama2ft")}
     for name in CORE_PACKAGES:
         out[name] = installed_version(name)
@@ -95,24 +105,30 @@ def packages(include: Iterable[str] = ()) -> dict[str, Optional[str]]:
     return out
 
 
+@functools.lru_cache(maxsize=None)  # the code a process runs is what it loaded: read once per process
 def git_state(root: Path) -> dict[str, Any]:
+    return read_git_state(root)
+
+
+def read_git_state(root: Path) -> dict[str, Any]:
     """The commit of the checkout at `root` and whether it has uncommitted changes; `note` says why
     they are null (git not installed, `root` not a checkout)."""
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
 
     try:
-        top = git("rev-parse", "--show-toplevel")
-        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != Path(root).resolve():
+        head = git("rev-parse", "--show-toplevel", "HEAD")
+        lines = head.stdout.split()
+        if head.returncode != 0 or not lines or Path(lines[0]).resolve() != Path(root).resolve():
             return {"commit": None, "dirty": None, "note": f"{anonymous(str(root))} is not a git checkout"}
-        commit, status = git("rev-parse", "HEAD"), git("status", "--porcelain")
+        status = git("status", "--porcelain")
     except FileNotFoundError:
         return {"commit": None, "dirty": None, "note": "git is not installed"}
     except (OSError, subprocess.SubprocessError) as exc:
         return {"commit": None, "dirty": None, "note": f"git failed: {type(exc).__name__}"}
-    if commit.returncode != 0 or status.returncode != 0:  # e.g. a checkout without any commit yet
+    if len(lines) < 2 or status.returncode != 0:  # e.g. a checkout without any commit yet
         return {"commit": None, "dirty": None, "note": "git could not say the commit"}
-    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    return {"commit": lines[1], "dirty": bool(status.stdout.strip())}
 
 
 def cpu_model() -> str:
