@@ -99,6 +99,7 @@ def test_a_run_records_what_made_it(smoke_run: TrainedRun):
         assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert (data[0]["rows"], data[0]["rows_skipped"]) == (stats["files"][0]["rows"], stats["files"][0]["rows_skipped"])
     assert data[0]["rows"] > 0 and (data[1]["rows"], data[1]["rows_skipped"]) == (stats["eval"]["rows"], 0)
+    assert stats["eval_file"] == {"file": str(SAMPLE / "dev.csv"), "rows": data[1]["rows"], "rows_skipped": 0}
 
     assert "experiment=tiny_smoke" in record["command"]["overrides"]
     assert "experiment=tiny_smoke" in record["command"]["argv"]

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from llama2ft.data.mixing import as_list
 
-CACHE_VERSION = 4  # bump when the data step's output changes for the same inputs
+CACHE_VERSION = 5  # bump when the data step's output changes for the same inputs
 STATS_FILE = "stats.json"
 # data.* keys that do not change the tokenized result (the files count through their contents)
 _NOT_KEYED = ("cache", "cache_dir", "train_file", "eval_file", "preview_rows", "allow_changed")

@@ -40,7 +40,7 @@ class Provenance:
         """The rows each input gave, once the data step is done (data_stats.json holds the rest)."""
         files = iter(stats.get("files", []))
         for entry in self.record["data"]:
-            counts = next(files, {}) if entry["role"] == "train" else stats.get("eval") or {}
+            counts = next(files, {}) if entry["role"] == "train" else stats.get("eval_file") or {}
             entry["rows"], entry["rows_skipped"] = counts.get("rows"), counts.get("rows_skipped")
         self._write()
 
