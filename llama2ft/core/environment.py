@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Optional
 
+from llama2ft import PROJECT_ROOT
+
 # always recorded (a version, or null when not installed); other dependencies only when the run imported them
 CORE_PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "bitsandbytes")
 TORCH_BUILDS = ("torch_cuda", "torch_cudnn")  # the CUDA and cuDNN torch was built with (null: a CPU build)
@@ -52,9 +54,11 @@ def dependency_names() -> tuple[str, ...]:
 
 
 def _pyproject_requirements() -> list[str]:
-    import tomllib
-
-    path = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    try:
+        import tomllib
+    except ImportError:  # python 3.10
+        return []
+    path = PROJECT_ROOT / "pyproject.toml"
     if not path.is_file():
         return []
     project = tomllib.loads(path.read_text(encoding="utf-8")).get("project", {})
