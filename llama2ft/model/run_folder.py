@@ -7,7 +7,8 @@ A finished run holds config.yaml (the resolved training config), data_stats.json
 adapter/ (LoRA) or model/ (full fine-tuning), tokenizer/, metrics.json and loss.png; base_model/ when it
 trained the embedded tiny model; checkpoints/ while (and after) it trains, each checkpoint-<step>/ counting
 only once its completion record (llama2ft-complete.json) is written; state.json (training, interrupted with
-its step, finished).
+its step, finished); provenance.json (what made the run: packages, commit, hardware, data fingerprints,
+command; training/provenance.py), written when it starts and completed when it ends.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ class RunDir:
     INITIAL_ADAPTER = "adapter_init"  # a PiSSA/OLoRA adapter as it was before training
     FAILED = "FAILED"  # a sweep job that stopped on bad input: its error message
     STATE = "state.json"  # what the run is doing: training, interrupted (its step, checkpoint, signal), finished
+    PROVENANCE = "provenance.json"  # what made the run (training/provenance.py); merge copies it beside the weights
     CHECKPOINT_PREFIX = "checkpoint-"  # the HF Trainer's checkpoints/checkpoint-<step>/
     # written last into a checkpoint folder: its files' sizes and sha256 (training/checkpoints.py)
     CHECKPOINT_COMPLETE = "llama2ft-complete.json"
@@ -108,6 +110,10 @@ class RunDir:
     def state(self) -> Path:
         return self.path / self.STATE
 
+    @property
+    def provenance(self) -> Path:
+        return self.path / self.PROVENANCE
+
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"{self.CHECKPOINT_PREFIX}{step}"
 
@@ -159,6 +165,13 @@ class RunDir:
 
     def read_state(self) -> dict:
         return _read_json(self.state)
+
+    def write_provenance(self, record: dict) -> None:
+        _write_json(self.provenance, record)
+
+    def read_provenance(self) -> dict:
+        """The run's provenance record ({} for a run made before runs recorded one)."""
+        return _read_json(self.provenance)
 
     def failure(self) -> Optional[str]:
         """The error a sweep job stopped on, if it did."""
