@@ -214,3 +214,58 @@ def test_a_grpo_run_merges_and_chats_like_any_run(grpo_run, tmp_path):
     direct = run_app("chat", f"run={run}", "prompt=请用中文写出数字 903。", "temperature=0")
     assert asked.returncode == 0 and asked.stdout.strip() and asked.stdout == direct.stdout
     shutil.rmtree(merged)
+
+
+def test_vllm_rollouts_hand_vllm_token_ids_and_the_adapter_of_this_step(monkeypatch, tmp_path, tokenizer):
+    """method.generation=vllm on a stand-in vLLM (no GPU here): each generation saves the adapter being
+    trained and passes it as a new LoRA request; prompts go in as token ids, n answers each; the answers
+    come back grouped by prompt, cut after EOS."""
+    import sys
+    import types
+
+    import torch
+
+    from llama2ft.inference.sampling import Sampling
+    from llama2ft.training.rollouts import VllmRollouts
+
+    calls = []
+
+    class LLM:
+        def __init__(self, **kwargs):
+            calls.append(("engine", kwargs))
+
+        def generate(self, prompts, params, lora_request, use_tqdm):
+            calls.append(("generate", prompts, params, lora_request))
+            eos = tokenizer.eos_token_id
+            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=[10 + i, 11, eos, 0][: 2 + j])
+                                                   for j in range(params.n)]) for i in range(len(prompts))]
+
+    vllm = types.ModuleType("vllm")
+    vllm.LLM = LLM
+    vllm.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)
+    lora = types.ModuleType("vllm.lora.request")
+    lora.LoRARequest = lambda name, number, path: (name, number, path)
+    for name, module in (("vllm", vllm), ("vllm.lora", types.ModuleType("vllm.lora")), ("vllm.lora.request", lora)):
+        monkeypatch.setitem(sys.modules, name, module)
+
+    class Adapter(torch.nn.Linear):
+        config = types.SimpleNamespace(max_position_embeddings=64)
+
+        def save_pretrained(self, folder):
+            Path(folder).mkdir(parents=True)
+            (Path(folder) / "adapter_config.json").write_text("{}")
+
+    model = Adapter(2, 2)
+    rollouts = VllmRollouts(model, tokenizer, "/base", 0.3, rank=8)
+    ids, mask = torch.tensor([[0, 5, 6], [7, 8, 9]]), torch.tensor([[0, 1, 1], [1, 1, 1]])
+    for step in (1, 2):
+        roll = rollouts.generate(model, ids, mask, 2, Sampling(temperature=0.9, max_new_tokens=8), seed=step)
+    engine, *generations = calls
+    assert engine[1]["enable_lora"] is True and engine[1]["model"] == "/base" and engine[1]["max_lora_rank"] == 8
+    _, prompts, params, request = generations[-1]
+    assert prompts == [{"prompt_token_ids": [5, 6]}, {"prompt_token_ids": [7, 8, 9]}]
+    assert params.n == 2 and params.temperature == 0.9 and params.seed == 2 and params.max_tokens == 8
+    assert request[1] == 2 and Path(request[2]).name == "v2" and (Path(request[2]) / "adapter_config.json").is_file()
+    assert [r[1] for _, _, _, r in generations] == [1, 2]  # a new adapter version each step
+    assert roll.completion_mask.sum(1).tolist() == [2, 3, 2, 3] and roll.truncated.tolist() == [True, False] * 2
+    assert roll.prompt_ids.shape[0] == 4 and roll.prompt_ids[1].tolist() == [0, 5, 6]
