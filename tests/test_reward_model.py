@@ -206,7 +206,7 @@ def test_a_reward_model_scores_the_ids_it_trained_on(tmp_path, any_tokenizer):
     assert rm.rows(conversations[1:], ["Seventeen"]) == [(trained[1]["prompt_ids"], trained[1]["rejected_ids"])]
 
 
-def test_what_is_no_reward_model_is_refused_in_one_line(learned_run, rm_run, tmp_path):
+def test_what_is_no_reward_model_is_refused_in_one_line(learned_run, rm_run, merged_rm, tmp_path):
     from llama2ft.core.errors import UserError
     from llama2ft.training.reward_model import is_reward_model, load_reward_model
 
@@ -215,8 +215,11 @@ def test_what_is_no_reward_model_is_refused_in_one_line(learned_run, rm_run, tmp
         with pytest.raises(UserError, match=f"{path} is not a reward model"):
             load_reward_model(str(path))
     # a reward model writes no answers: chat, web, API and eval load models through one function that says so
-    for res in (run_app("chat", f"run={rm_run[0]}", "prompt=你好"),
-                run_app("eval", f"models=[{rm_run[0]}]", f"output={tmp_path / 'eval'}")):
+    # (and a causal LM's method cannot start from one)
+    for res, path in ((run_app("chat", f"run={rm_run[0]}", "prompt=你好"), rm_run[0]),
+                      (run_app("eval", f"models=[{rm_run[0]}]", f"output={tmp_path / 'eval'}"), rm_run[0]),
+                      (run_app("train", "method=orpo", f"init_from={merged_rm}", f"hydra.run.dir={tmp_path / 'o'}"),
+                       merged_rm)):
         assert res.returncode == 2 and "Traceback" not in res.stderr
         errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1 and f"{rm_run[0]} is a reward model (method=rm)" in errors[0], res.stderr
+        assert len(errors) == 1 and f"{path} is a reward model (method=rm)" in errors[0], res.stderr

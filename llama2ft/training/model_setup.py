@@ -8,12 +8,13 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig
 
+from llama2ft.core.errors import UserError
 from llama2ft.model.attention import packed_attention
 from llama2ft.model.embeddings import embedding_module_names, resize_embeddings
 from llama2ft.model.loading import compute_dtype, load_model, quantization_config
 from llama2ft.model.lora import apply_lora, changes_base, load_adapter, prepare_for_training, save_initial_adapter
 from llama2ft.model.rope import scaling_of
-from llama2ft.model.run_folder import RunDir
+from llama2ft.model.run_folder import RunDir, holds_scorer
 from llama2ft.model.tiny import build_tiny_base
 from llama2ft.training import distributed
 from llama2ft.training.distributed import say
@@ -47,6 +48,8 @@ def build_model(cfg: DictConfig, tokenizer: Any, run: RunDir, adapter: Optional[
     q = cfg.quant
     quant = quantization_config(q.mode, dtype, q.double_quant, q.compute_dtype)
     device = f"cuda:{distributed.local_rank()}" if quant is not None and gpu else None
+    if not scorer and holds_scorer(base_path):
+        raise UserError(f"{base_path} is a reward model (method=rm): it has no LM head to train a causal LM from")
     if scorer:  # its new score head is drawn while loading: the same one on every rerun
         from transformers import set_seed
 
