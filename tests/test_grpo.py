@@ -269,3 +269,33 @@ def test_vllm_rollouts_hand_vllm_token_ids_and_the_adapter_of_this_step(monkeypa
     assert [r[1] for _, _, _, r in generations] == [1, 2]  # a new adapter version each step
     assert roll.completion_mask.sum(1).tolist() == [2, 3, 2, 3] and roll.truncated.tolist() == [True, False] * 2
     assert roll.prompt_ids.shape[0] == 4 and roll.prompt_ids[1].tolist() == [0, 5, 6]
+
+
+def test_a_reward_model_folder_is_a_reward(tmp_path, tokenizer):
+    """method.rewards=[FOLDER] for a reward model (a folder as llama2ft-merge writes one from a method=rm run):
+    each answer is scored as the RM scores it on its own (its template and tokenizer), in a batch of several."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from llama2ft.model.run_folder import write_chat_meta
+    from llama2ft.training.reward_model import load_reward_model
+
+    folder = tmp_path / "rm"
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id)
+    LlamaForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    write_chat_meta(folder, "human_assistant", None)
+    rewards = RewardSet([str(folder), "chinese_answer"], [0.5, 1.0], 16)
+    rewards.load("cpu")
+    rows = [PromptRow((Turn("human", "请用中文写出数字 903。"),), "q"), PromptRow((Turn("human", "1+1=？"),), "q")]
+    answers = ["九百零三", "nine hundred three", "二", "two"]
+    per = rewards.score(batch_of(rows, 2, answers, [[1]] * 4, {}))
+    alone = load_reward_model(str(folder)).score([list(rows[k // 2].turns) for k in range(4)], answers)
+    assert per[:, 0].tolist() == pytest.approx(alone, abs=1e-5) and len(set(alone)) == 4
+    assert rewards.names == ["rm", "chinese_answer"]
+    assert rewards.total(per).tolist() == pytest.approx([0.5 * a + c for a, c in zip(alone, [1, 0, 1, 0])], abs=1e-5)
+    with pytest.raises(UserError, match="is a folder but not a reward model"):
+        RewardSet([str(tmp_path)], None, 16)
