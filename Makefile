@@ -31,17 +31,20 @@ $(VENV)/.installed: pyproject.toml $(LOCKS) | $(UV)
 	@$(PY) -c 'import sys; sys.exit(sys.version_info[:2] != tuple(map(int, "$(LOCK_PYTHON)".split("."))))' || { \
 		echo "error: the locks in lock/ are for Python $(LOCK_PYTHON), $(VENV) has $$($(PY) -V): rm -rf $(VENV) and run" \
 		     "make install PYTHON=python$(LOCK_PYTHON), or make lock LOCK_PYTHON=<yours>"; exit 2; }
-	@if $(HAS_GPU); then \
-		echo "NVIDIA GPU found: installing lock/cuda.txt (the CUDA build of torch)"; \
-		$(UV_SYNC) lock/cuda.txt; \
-	elif $(UV_SYNC) lock/cpu.txt 2>/dev/null; then \
-		echo "no GPU: installed lock/cpu.txt (the CPU build of torch)"; \
+	@set -e; if $(HAS_GPU); then \
+		lock=lock/cuda.txt; echo "NVIDIA GPU found: installing $$lock (the CUDA build of torch)"; \
+		$(UV_SYNC) $$lock; \
 	else \
-		echo "no GPU: installing lock/cpu.txt with the CPU build of torch from $(TORCH_CPU_INDEX)"; \
-		$(UV_SYNC) $(FROM_TORCH_INDEX) lock/cpu.txt; \
-	fi
-	$(UV) pip install --python $(PY) -q --no-deps -e .
-	touch $@
+		lock=lock/cpu.txt; \
+		if $(UV_SYNC) $$lock 2>/dev/null; then \
+			echo "no GPU: installed $$lock (the CPU build of torch)"; \
+		else \
+			echo "no GPU: installing $$lock with the CPU build of torch from $(TORCH_CPU_INDEX)"; \
+			$(UV_SYNC) $(FROM_TORCH_INDEX) $$lock; \
+		fi; \
+	fi; \
+	$(UV) pip install --python $(PY) -q --no-deps -e .; \
+	echo "$$lock $$(sha256sum < $$lock | cut -d' ' -f1)" > $@  # which lock: tests/test_lock.py compares the venv with it
 
 $(UV):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
