@@ -15,7 +15,7 @@ LOCKS := lock/cpu.txt lock/cuda.txt
 HAS_GPU = command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1
 # uv reads no pip configuration: pip's find-links (a folder of local or mirrored wheels, such as the CPU build
 # of torch) are handed to it
-FIND_LINKS := $(foreach f,$(sort $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^[^=]*find-links='\(.*\)'$$/\1/p")),--find-links $(f))
+FIND_LINKS = $(foreach f,$(sort $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^[^=]*find-links='\(.*\)'$$/\1/p")),--find-links $(f))
 UV_SYNC = $(UV) pip sync --python $(PY) $(FIND_LINKS)
 # torch's CPU build from PyTorch's index, for a machine whose pip finds no local or mirrored copy
 FROM_TORCH_INDEX := --extra-index-url $(TORCH_CPU_INDEX) --index-strategy unsafe-best-match

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import time
 
@@ -79,11 +80,23 @@ def per_question(results: dict) -> dict[tuple[str, int], list[tuple[float, bool]
             for task, rows in results["samples"].items() for row in rows}
 
 
+
+
+def readme_lm_eval_settings() -> dict[str, bool]:
+    """The settings of the README's `lm_eval --model local-completions` command, besides the server and model."""
+    text = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    args = dict(kv.split("=", 1) for kv in re.search(r"--model local-completions .*?--model_args (\S+)", text,
+                                                      re.S).group(1).split(","))
+    assert "plus ,tokenized_requests=False" in text  # the README's text mode: the same arguments plus this one
+    return {"add_bos_token": args["add_bos_token"] == "True"}
+
+
 # The README's lm-eval settings for the server, in both of local-completions' modes: token ids (its default) or
 # text (tokenized_requests=False, for servers that take no ids). add_bos_token=True in both: lm-eval counts the
 # context with the BOS the server puts before a raw text prompt (and sends it as "<s>..." text, which gets no
 # second one); without it lm-eval's text mode scores one context token too many.
-LM_EVAL_MODES = {"token ids": {"add_bos_token": True}, "text": {"add_bos_token": True, "tokenized_requests": False}}
+LM_EVAL_MODES = {"token ids": readme_lm_eval_settings(),
+                 "text": {**readme_lm_eval_settings(), "tokenized_requests": False}}
 
 
 def test_lm_eval_scores_the_server_as_its_hf_model(server, merged, tmp_path, app_threads):
