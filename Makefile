@@ -15,7 +15,8 @@ LOCKS := lock/cpu.txt lock/cuda.txt
 HAS_GPU = command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1
 # uv reads no pip configuration: pip's find-links (a folder of local or mirrored wheels, such as the CPU build
 # of torch) are handed to it
-FIND_LINKS = $(foreach f,$(sort $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^[^=]*find-links='\(.*\)'$$/\1/p")),--find-links $(f))
+PIP_FIND_LINKS = $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^[^=]*find-links='\(.*\)'$$/\1/p")
+FIND_LINKS = $(foreach f,$(sort $(PIP_FIND_LINKS)),--find-links $(f))
 UV_SYNC = $(UV) pip sync --python $(PY) $(FIND_LINKS)
 # torch's CPU build from PyTorch's index, for a machine whose pip finds no local or mirrored copy
 FROM_TORCH_INDEX := --extra-index-url $(TORCH_CPU_INDEX) --index-strategy unsafe-best-match
@@ -44,7 +45,7 @@ $(VENV)/.installed: pyproject.toml $(LOCKS) | $(UV)
 		fi; \
 	fi; \
 	$(UV) pip install --python $(PY) -q --no-deps -e .; \
-	echo "$$lock $$(sha256sum < $$lock | cut -d' ' -f1)" > $@  # which lock: tests/test_lock.py compares the venv with it
+	echo "$$lock $$(sha256sum < $$lock | cut -d' ' -f1)" > $@  # the lock tests/test_lock.py compares the venv with
 
 $(UV):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,8 +54,9 @@ $(UV):
 # Resolve the locks anew from pyproject.toml: versions already locked are kept where they still fit (LOCK_ARGS=
 # --upgrade takes the newest of everything, --upgrade-package NAME of one). Both locks pin the same versions;
 # they differ only in torch's build and what the CUDA build brings (nvidia-*, triton).
-UV_COMPILE = $(UV) pip compile -q --custom-compile-command 'make lock' --annotation-style line pyproject.toml $(foreach e,$(subst $(comma), ,$(EXTRAS)),--extra $(e)) \
-	--python-version $(LOCK_PYTHON) --python-platform $(LOCK_PLATFORM) $(LOCK_ARGS)
+UV_COMPILE = $(UV) pip compile -q --custom-compile-command 'make lock' --annotation-style line pyproject.toml \
+	$(foreach e,$(subst $(comma), ,$(EXTRAS)),--extra $(e)) --python-version $(LOCK_PYTHON) \
+	--python-platform $(LOCK_PLATFORM) $(LOCK_ARGS)
 comma := ,
 lock: | $(UV)
 	mkdir -p lock

@@ -168,7 +168,7 @@ func main() {
 
 
 @pytest.mark.skipif(shutil.which("go") is None and not os.environ.get("LLAMA2FT_REQUIRE_GO"),
-                    reason="Go is not installed (Ollama's templates are Go's; .ci/run installs it and requires the test)")
+                    reason="Go is not installed (Ollama's templates are Go's; .ci/run installs it, requires the test)")
 @pytest.mark.parametrize("name", ["human_assistant", "llama2_inst"])
 def test_ollama_template_renders_the_chat_prompt(tmp_path, tokenizer, name):
     """The Modelfile's TEMPLATE in Go's text/template: BOS (which Ollama adds itself) and the prompt

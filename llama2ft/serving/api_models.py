@@ -23,7 +23,6 @@ TOP_BOUND = Bound(0, MAX_TOP)
 ROLES = ("system", "developer", "user", "human", "assistant")
 
 
-
 def _whole(value: Any) -> Any:
     """JSON Schema's integers include 2.0: taken as 2 (the models are strict: `true` or "2" stay refused)."""
     return int(value) if isinstance(value, float) and value.is_integer() else value
@@ -31,14 +30,14 @@ def _whole(value: Any) -> Any:
 
 Integer = Annotated[int, BeforeValidator(_whole)]
 # Schema-only annotations: the value checks are `refused` and `Sampling.problems`, with their own messages.
-Text = Annotated[str, WithJsonSchema({"type": "string", "minLength": 1, "pattern": r"\S"})]  # blank: refused
-TokenIds = Annotated[list[Integer], WithJsonSchema({"type": "array", "minItems": 1,
-                                                "items": {"type": "integer", "minimum": 0}})]
-Texts = Annotated[list[str], WithJsonSchema({"type": "array", "minItems": 1, "maxItems": MAX_CHOICES,
-                                             "items": {"type": "string", "minLength": 1, "pattern": r"\S"}})]
+TEXT = {"type": "string", "minLength": 1, "pattern": r"\S"}  # a blank prompt is refused
+TOKEN_ID = {"type": "integer", "minimum": 0}  # below the served vocabulary's size too (api_schema.served_schema)
+Text = Annotated[str, WithJsonSchema(TEXT)]
+Texts = Annotated[list[str], WithJsonSchema({"type": "array", "minItems": 1, "maxItems": MAX_CHOICES, "items": TEXT})]
+TokenIds = Annotated[list[Integer], WithJsonSchema({"type": "array", "minItems": 1, "items": TOKEN_ID})]
 TokenIdLists = Annotated[list[list[Integer]], WithJsonSchema({
     "type": "array", "minItems": 1, "maxItems": MAX_CHOICES,
-    "items": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}})]
+    "items": {"type": "array", "minItems": 1, "items": TOKEN_ID}})]
 Stop = Annotated[Union[str, list[str], None], WithJsonSchema({"anyOf": [
     {"type": "string", "minLength": 1},
     {"type": "array", "maxItems": MAX_STOP, "items": {"type": "string", "minLength": 1}}, {"type": "null"}]})]

@@ -177,6 +177,6 @@ def served_schema(schema: dict[str, Any], vocab_size: int) -> dict[str, Any]:
         schema["components"]["schemas"].pop(name, None)
     # the prompt's forms, as CompletionRequest.prompt states them: text, texts, token ids, lists of token ids
     _, _, ids, lists = schema["components"]["schemas"]["CompletionRequest"]["properties"]["prompt"]["anyOf"]
-    for token_id in (ids["items"], lists["items"]["items"]):
-        token_id["maximum"] = vocab_size - 1
+    for holder in (ids, lists["items"]):  # new dicts: the schema may share api_models.TOKEN_ID itself
+        holder["items"] = {**holder["items"], "maximum": vocab_size - 1}
     return schema
