@@ -78,7 +78,7 @@ def test_bad_input_gets_the_lines_the_cli_prints(composer, tmp_path):
     missing = tmp_path / "missing.csv"
     draft = Draft(groups={"quant": "nf4", "lora": "full"}, edits={"data.train_file": str(missing)})
     composed = composer.check(draft)
-    assert composed.overrides == ["quant=nf4", "lora=full", f"data.train_file={missing}"]
+    assert composed.overrides == ["lora=full", "quant=nf4", f"data.train_file={missing}"]
     assert len(composed.problems) == 2 and not composed.ok
     cli = run_app("train", *composed.overrides, f"hydra.run.dir={tmp_path}/run")
     assert cli.returncode == 2
@@ -99,7 +99,7 @@ def test_the_command_line_and_cfg_job_are_the_clis(composer, tmp_path):
     draft.edits.update(edits)
     composed = composer.check(draft)
     assert composed.ok, composed.error
-    assert composed.command_line() == ("llama2ft-train method=dpo lora=r16 trainer.max_steps=7 data.packing=false "
+    assert composed.command_line() == ("llama2ft-train lora=r16 method=dpo trainer.max_steps=7 data.packing=false "
                                        f"method.beta=0.2 'data.train_file={data}' trainer.logging_steps=2")
     cli = run_app("train", *composed.overrides, "--cfg", "job")
     assert cli.returncode == 0, cli.stderr
@@ -213,6 +213,14 @@ def test_the_preview_shows_tokens_with_the_trained_part(any_tokenizer):
     assert html.count('class="l2f-tok l2f-trained"') == sum(p[1] for p in pieces) + 1  # + the legend
     assert stats_table({"rows": 3, "tokens": 9, "files": [], "eval": {"rows": 1}}) == [["rows", 3, 1],
                                                                                        ["tokens", 9, ""]]
+
+
+def test_the_studio_checks_its_own_keys_before_it_starts(tmp_path):
+    (tmp_path / "file").write_text("")
+    res = run_app("studio", "port=0", "auth=nopassword", f"runs_dir={tmp_path / 'file'}")
+    assert res.returncode == 2 and "invalid config (3 problems)" in res.stderr
+    for problem in ("port=0: must be in 1..65535", "auth='nopassword': auth must be user:password", "not a folder"):
+        assert problem in res.stderr
 
 
 def test_a_job_runs_the_command_and_keeps_its_output(tmp_path):

@@ -141,9 +141,11 @@ class Composer:
 
     def overrides(self, draft: Draft) -> tuple[list[str], list[str]]:
         """The override list of a draft, and the problems of its free text (not parsable, not an override)."""
-        out = [f"{g}={'null' if c == NONE else c}" for g, c in draft.groups.items()
-               if g in self.groups and c != self.default_choice(g)]
-        out += [override(k, v) for k, v in draft.edits.items()]
+        # in the form's order, whatever order the edits came in: groups, fields, method settings, free text
+        out = [f"{g}={'null' if draft.groups[g] == NONE else draft.groups[g]}" for g in self.groups
+               if draft.groups.get(g, self.default_choice(g)) != self.default_choice(g)]
+        order = {f.key: i for i, f in enumerate(FIELDS)}
+        out += [override(k, draft.edits[k]) for k in sorted(draft.edits, key=lambda k: (order.get(k, len(order)), k))]
         problems = list(draft.extra_problems)
         try:
             words = shlex.split(draft.extra or "")
