@@ -84,6 +84,8 @@ def test_bad_input_gets_the_lines_the_cli_prints(composer, tmp_path):
     assert cli.returncode == 2
     assert composed.error in cli.stderr and composed.error.startswith("error: invalid config (2 problems)")
 
+    train_own = composer.check(Draft(extra="trainer.resume=maybe"))  # one of the checks train.py adds
+    assert "trainer.resume" in train_own.error and train_own.error.count("\n  - ") == 1
     typed = composer.check(Draft(extra="trainer.max_steps=many"))  # a composition error: Hydra's own message
     assert "could not be converted to Integer" in typed.error and typed.cfg is None
     assert "is not an override" in composer.check(Draft(extra="--cfg job")).error
@@ -174,6 +176,8 @@ def test_the_smoke_run_logged_its_steps_and_the_charts_draw_them(smoke_run):
     assert 'id="curve-eval-loss"' in svg and 'id="curve-rewards-margins"' not in svg
     prog = runs.progress(smoke_run.path, running=False)
     assert (prog.step, prog.total) == (10, 10) and prog.text().startswith("step 10/10 (100%)")
+    assert [p[0] for p in curves.run_panels([{"step": 1, "loss": 1.0, "rewards/margins": 0.5}])] == [
+        "loss", "learning rate", "method"]  # the method's own figures get their chart
     assert curves.method_keys([{"rewards/margins": 1, "reward/len": 2, "preference_accuracy": 1, "kl": 0,
                                 "loss": 1, "grad_norm": 2}]) == ["kl", "preference_accuracy", "reward/len",
                                                                 "rewards/margins"]
@@ -196,7 +200,11 @@ def test_runs_and_sweeps_are_found_and_tabled(smoke_run, tmp_path):
     from llama2ft.training.sweeps import collect
 
     chart = curves.objective_chart(collect(sweep), "eval_loss")
-    assert chart.count('id="objective-bar') == 2 and "0: experiment=tiny_smoke" in chart and "1: experiment" in chart
+    assert chart.count('id="objective-bar') == 2 and "0: " in chart and "1: " in chart
+    fake = [{"run": "0", "overrides": "a=1 lr=2", "eval_loss": 1.0},
+            {"run": "1", "overrides": "a=1 lr=3", "eval_loss": 2.0}, {"run": "2", "overrides": "a=1 lr=4", "eval_loss": None}]
+    chart = curves.objective_chart(fake, "eval_loss")  # each bar names what its run set differently
+    assert chart.count('id="objective-bar') == 2 and "0: lr=2" in chart and "1: lr=3" in chart and "a=1" not in chart
 
 
 def test_the_preview_shows_tokens_with_the_trained_part(any_tokenizer):
@@ -230,6 +238,6 @@ def test_a_job_runs_the_command_and_keeps_its_output(tmp_path):
     assert job.output() == f"error: {tmp_path / 'missing'} is not a folder"
     assert job.shown() == f"llama2ft-sweep-summary {tmp_path / 'missing'}" and job.status().startswith("exited 2")
     job._add("epoch 1\r")
-    job._add("epoch 2\r50%\rdone\nnext")
+    job._add("epoch 2\r50%\rdone\nnext\x1b[A\n")
     assert job.output().splitlines()[-2:] == ["done", "next"]  # a line redrawn with \r shows its last form
     assert json.dumps(job.output())

@@ -26,16 +26,21 @@ def curve_id(label: str) -> str:
 
 
 def figure(panels: list[Panel], title: str = "", width: float = 6.0, height: float = 4.0) -> Any:
-    """One chart per panel, side by side; a label starting with "eval" is drawn with markers (few points)."""
+    """One chart per panel, side by side. An eval curve (its label's last part starts with "eval") is drawn with
+    markers (few points); curves labelled `RUN: what` share a colour per RUN (train solid, eval dashed)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width * len(panels), height), dpi=100)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (name, ylabel, curves) in zip(axes, panels):
-        for label, points in curves.items():
+        runs = list(dict.fromkeys(label.rpartition(": ")[0] for label in curves))
+        for i, (label, points) in enumerate(curves.items()):
+            run, _, what = label.rpartition(": ")
+            evals = what.startswith("eval")
+            colour = f"C{runs.index(run) % 10}" if run else f"C{i % 10}"
             if points:
-                (line,) = ax.plot(*zip(*points), label=label, marker="o" if label.startswith("eval") else None,
-                                  markersize=4)
+                (line,) = ax.plot(*zip(*points), label=label, color=colour, marker="o" if evals else None,
+                                  linestyle="--" if evals and run else "-", markersize=4)
                 line.set_gid(curve_id(label))
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)

@@ -47,7 +47,10 @@ def objective_chart(rows: list[dict], objective: str) -> str:
     """A bar per completed run of a sweep: its objective, labelled with its overrides."""
     from matplotlib.figure import Figure
 
-    done = [(f"{r['run']}: {r['overrides']}", r[objective]) for r in rows if isinstance(r.get(objective), (int, float))]
+    done = [r for r in rows if isinstance(r.get(objective), (int, float))]
+    common = set.intersection(*(set(r["overrides"].split()) for r in done)) if len(done) > 1 else set()
+    done = [(f"{r['run']}: " + " ".join(o for o in r["overrides"].split() if o not in common), r[objective])
+            for r in done]  # each bar says what its run set differently
     if not done:
         return f'<div class="l2f-chart">no completed run has {objective}</div>'
     fig = Figure(figsize=(8, 0.45 * len(done) + 1.2), dpi=100)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import codecs
 import functools
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 KEEP_LINES = 2000  # of a job's output (a bar redrawn with \r stays one line)
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # a terminal's cursor moves and colours (tqdm's nested bars)
 
 
 @functools.lru_cache(maxsize=None)
@@ -70,7 +72,7 @@ class Job:
 
     def _add(self, text: str) -> None:
         with self._lock:
-            parts = (self._partial + text).replace("\r\n", "\n").split("\n")
+            parts = _ESCAPES.sub("", self._partial + text).replace("\r\n", "\n").split("\n")
             self._partial = parts.pop()
             for line in parts:
                 self.lines.append(line.rsplit("\r", 1)[-1])  # what a terminal shows of a line redrawn with \r

@@ -92,7 +92,7 @@ def build_compose_tab(ws: Workspace) -> dict[str, Any]:
         gr.Markdown("### See the data first")
         with gr.Row():
             upload = gr.File(label="upload a data file (sets data.train_file; data=sample becomes data=csv)",
-                             elem_id="upload", file_types=[".csv", ".jsonl", ".json", ".parquet"], height=120)
+                             elem_id="upload", file_types=[".csv", ".jsonl", ".json", ".parquet"], height=170)
             preview_status = gr.Textbox(label="data preview", interactive=False, lines=3, elem_id="preview-status")
         with gr.Row():
             stats = gr.Dataframe(headers=["figure", "train", "eval"], label="data_stats.json", interactive=False,

@@ -11,10 +11,11 @@ import gradio as gr
 from llama2ft.model.run_folder import RunDir
 from llama2ft.ui import actions, curves, runs
 from llama2ft.ui.workspace import Workspace
-from llama2ft.training.sweeps import collect
+from llama2ft.training.sweeps import COLUMNS, collect
 
 TICK_S = 1.0
 LOG_LINES = 14  # the tail shown: no scrolling to find the end
+RUN_WIDTHS = ["15%", "13%", "6%", "26%", "8%", "8%", "10%", "7%", "7%"]  # of runs.RUN_COLUMNS
 _charts: dict[tuple, str] = {}  # (log file, size, mtime) -> SVG: a chart is drawn again only when its log grew
 
 
@@ -114,23 +115,25 @@ def overlay(ws: Workspace, labels: list[str]) -> str:
     return curves.chart(curves.overlay_panels(chosen), width=8, height=4) if chosen else ""
 
 
+def _cell(value: Any) -> Any:
+    return "" if value is None else (float(f"{value:.4g}") if isinstance(value, float) else value)
+
+
 def sweep_view(ws: Workspace, label: Optional[str], objective: str) -> list[Any]:
     if not label:
         return [[], "", ""]
     folder, objective = ws.path_of(label), (objective or "eval_loss").strip()
     rows = collect(folder, objective)
-    table = [[r.get(c, "") if r.get(c) is not None else "" for c in rows[0]] for r in rows] if rows else []
+    table = [[_cell(r.get(c)) for c in COLUMNS] for r in rows]
     logs = {r["run"]: RunDir(folder / r["run"]).read_log() for r in rows}
     return [table, curves.objective_chart(rows, objective), curves.chart(curves.overlay_panels(logs), width=8)]
 
 
 def build_runs_tab(ws: Workspace) -> dict[str, Any]:
-    from llama2ft.training.sweeps import COLUMNS
-
     with gr.Tab("Runs & sweeps", id="runs") as tab:
         refresh = gr.Button("Refresh", elem_id="runs-refresh")
         table = gr.Dataframe(headers=runs.RUN_COLUMNS, interactive=False, elem_id="runs-table", wrap=True,
-                             label="runs (click a header to sort)")
+                             label="runs (click a header to sort)", column_widths=RUN_WIDTHS)
         chosen = gr.CheckboxGroup(choices=ws.run_labels(), label="overlay the curves of", elem_id="overlay-runs")
         overlaid = gr.HTML(elem_id="overlay")
         with gr.Row():

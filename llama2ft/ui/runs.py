@@ -81,7 +81,7 @@ def row(path: Path, runs_dir: Path, running: bool = False) -> list[Any]:
 
 
 def _num(value: Any) -> Any:
-    return round(value, 4) if isinstance(value, float) else ("" if value is None else value)
+    return float(f"{value:.4g}") if isinstance(value, float) else ("" if value is None else value)
 
 
 def overrides(path: Path) -> list[str]:
