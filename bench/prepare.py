@@ -9,7 +9,10 @@ Rows: multi-turn dialogues of 1-8 exchanges drawn (seeded) from the project's sa
 --data repeated to N. The data step (`llama2ft.data.pipeline.prepare_data`, no cache entry yet) runs in a
 child process, so its peak RSS is its own; then again, to time loading the cached entry. The baseline
 streams the same csv and times only `tokenizer(batch, add_special_tokens=False)` on batches of 1024 cells.
-Last line, JSON: rows, tokens, seconds, time_over_raw_tokenize, peak_rss_mb (+ raw and cached seconds).
+Also times the input's fingerprint (`llama2ft.data.cache.file_digest`, the sha256 a run's provenance.json
+and the cache key share; read once per run), the file in the page cache as the data step just left it.
+Last line, JSON: rows, tokens, seconds, time_over_raw_tokenize, peak_rss_mb (+ raw and cached seconds,
+hash_seconds, hash_over_data_step).
 Targets at one million rows on 2 CPU cores: time_over_raw_tokenize <= 1.5, peak_rss_mb <= 2000.
 """
 from __future__ import annotations
@@ -92,6 +95,16 @@ def raw_tokenize(csv_path: Path, tokenizer: str) -> tuple[float, int]:
     return seconds, tokens
 
 
+def hash_seconds(csv_path: Path) -> float:
+    """Seconds of one fingerprint of the file (sha256 of its bytes), as a run computes it."""
+    from llama2ft.data.cache import file_digest, forget_digests
+
+    forget_digests()
+    started = time.perf_counter()
+    file_digest(str(csv_path))
+    return time.perf_counter() - started
+
+
 def run_child(args: argparse.Namespace, csv_path: Path, cache: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", "--csv", str(csv_path), "--cache", str(cache),
            "--tokenizer", args.tokenizer, "--max-seq-len", str(args.max_seq_len), *(["--packing"] if args.packing else [])]
@@ -130,14 +143,18 @@ def main() -> None:
     cached = run_child(args, csv_path, cache)
     print("bare batched tokenization of the same texts ...", flush=True)
     raw_seconds, raw_tokens = raw_tokenize(csv_path, args.tokenizer)
+    hashed = hash_seconds(csv_path)
     stats = first["stats"]
     print(f"data step: {first['seconds']:.1f} s, {stats['rows']:,} rows, {stats['tokens']:,} tokens "
           f"({stats['truncated_rows']} truncated), peak RSS {peak_rss_mb:.0f} MB; cached load {cached['seconds']:.2f} s")
     print(f"raw tokenize: {raw_seconds:.1f} s, {raw_tokens:,} tokens (the markup's literal <s></s> included)")
+    print(f"fingerprint: sha256 of {csv_path.stat().st_size / 1e6:.0f} MB in {hashed:.2f} s, "
+          f"{hashed / first['seconds']:.2%} of the data step")
     print(json.dumps({"rows": stats["rows"], "tokens": stats["tokens"], "seconds": round(first["seconds"], 1),
                       "time_over_raw_tokenize": round(first["seconds"] / raw_seconds, 3),
                       "peak_rss_mb": round(peak_rss_mb), "raw_tokenize_seconds": round(raw_seconds, 1),
-                      "cached_load_seconds": round(cached["seconds"], 2), "packing": args.packing,
+                      "cached_load_seconds": round(cached["seconds"], 2), "hash_seconds": round(hashed, 2),
+                      "hash_over_data_step": round(hashed / first["seconds"], 4), "packing": args.packing,
                       "max_seq_len": args.max_seq_len, "data": str(args.data)}))
 
 

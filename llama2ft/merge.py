@@ -8,6 +8,7 @@ output appears, logits of the merged model are checked against base+adapter (pef
 """
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from llama2ft.data.chat_formats import publish_template
 from llama2ft.data.dialogue import Turn
 from llama2ft.model.loading import DTYPES, open_tokenizer, save_tokenizer
 from llama2ft.model.rope import ROPE_TYPES, scaling_of
-from llama2ft.model.run_folder import write_chat_meta
+from llama2ft.model.run_folder import RunDir, write_chat_meta
 from llama2ft.publishing.merge import Inputs, check_fits, inputs_from_paths, inputs_from_run, merge_workers, \
     read_adapter, write_config, write_weights
 from llama2ft.publishing.model_card import EXAMPLE, CardInfo, write_card
@@ -82,6 +83,8 @@ def run_merge(cfg: DictConfig) -> Path:
         write_config(inp.base, layout, tmp, dtype_name, tok, inp.rope_scaling)
         save_tokenizer(tok, tmp)
         write_chat_meta(tmp, inp.template, inp.system)
+        if inp.run is not None and RunDir(inp.run).provenance.is_file():  # what made it travels with the weights
+            shutil.copyfile(RunDir(inp.run).provenance, tmp / RunDir.PROVENANCE)
         ids = prompt_ids(inp.template, inp.system, tok)
         card = CardInfo(base=str(cfg.base_name or _base_name(inp)), adapters=[str(a) for a in inp.adapters],
                         dtype=dtype_name, run=inp.run, run_cfg=inp.run_cfg, template=inp.template,

@@ -145,8 +145,18 @@ def test_shards_index_config_and_generation_config(merged):
 
 
 @pytest.mark.slow
-def test_model_card(merged):
+def test_model_card(merged, tiny_run):
     card = (merged / "README.md").read_text(encoding="utf-8")
+    # provenance.json travels with the weights, and the card gives what it records
+    assert (merged / "provenance.json").read_bytes() == (tiny_run / "provenance.json").read_bytes()
+    record = json.loads((merged / "provenance.json").read_text(encoding="utf-8"))
+    assert "## Provenance" in card and "| `provenance.json` |" in card
+    for entry in record["data"]:
+        assert f"| `{entry['path']}` | {entry['role']} | {entry['size']} | `{entry['sha256']}` |" in card
+    assert f"| transformers | {record['packages']['transformers']} |" in card
+    assert f"| torch | {record['packages']['torch']} |" in card
+    if record["git"]["commit"]:
+        assert f"- llama2ft commit: `{record['git']['commit']}`" in card
     header = card.split("---\n")[1]
     for line in ("base_model:", "language:\n- zh\n- en", "- llama2\n- lora\n- llama2ft\n- chinese",
                  "library_name: transformers", "pipeline_tag: text-generation"):

@@ -197,10 +197,15 @@ def test_runs_and_sweeps_are_found_and_tabled(smoke_run, tmp_path):
     assert row["run"] == "train/smoke" and row["status"] == "completed" and row["method"] == "sft"
     assert row["overrides"] == "experiment=tiny_smoke" and row["eval_loss"] > 0
     assert runs.resume_args(found.runs[0]) == ["experiment=tiny_smoke", f"hydra.run.dir={found.runs[0]}"]
-    from llama2ft.training.sweeps import collect
+    from types import SimpleNamespace
 
-    chart = curves.objective_chart(collect(sweep), "eval_loss")
+    from llama2ft.training.sweeps import COLUMNS
+    from llama2ft.ui.page_runs import sweep_view
+
+    table, chart, overlaid = sweep_view(SimpleNamespace(path_of=lambda label: tmp_path / label), "sweeps/lr", "")
+    assert [dict(zip(COLUMNS, r))["run"] for r in table] == ["0", "1"] and len(table[0]) == len(COLUMNS)
     assert chart.count('id="objective-bar') == 2 and "0: " in chart and "1: " in chart
+    assert 'id="curve-0-train-loss"' in overlaid and 'id="curve-1-eval-loss"' in overlaid
     fake = [{"run": "0", "overrides": "a=1 lr=2", "eval_loss": 1.0},
             {"run": "1", "overrides": "a=1 lr=3", "eval_loss": 2.0}, {"run": "2", "overrides": "a=1 lr=4", "eval_loss": None}]
     chart = curves.objective_chart(fake, "eval_loss")  # each bar names what its run set differently

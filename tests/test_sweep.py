@@ -34,7 +34,9 @@ def test_two_by_two_sweep_summary_and_rerun_skips(tmp_path):
     assert {r["overrides"] for r in rows} == {f"experiment=tiny_smoke lora={r} trainer.learning_rate={lr}"
                                               for r in ("r8", "r16") for lr in ("0.001", "0.002")}
     assert all(int(r["trained_tokens"]) > 0 and float(r["runtime_s"]) > 0 for r in rows)
-    assert "| run | status |" in (sweep_dir / "sweep_summary.md").read_text(encoding="utf-8")
+    md = (sweep_dir / "sweep_summary.md").read_text(encoding="utf-8")
+    assert "| run | status |" in md
+    assert md.count("Environment: python ") == 1 and all(r["environment"] == "" for r in rows)  # one environment
 
     stamp = (sweep_dir / "0" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
     again = run_app("train", *SWEEP, f"hydra.sweep.dir={sweep_dir}")

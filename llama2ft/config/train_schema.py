@@ -81,6 +81,9 @@ class DataConfig:
     cache: bool = True  # reuse tokenized data keyed by file contents, tokenizer, template and these settings
     cache_dir: Optional[str] = None  # None: $LLAMA2FT_CACHE_DIR or ~/.cache/llama2ft/data
     preview_rows: int = 5  # rows of each split written to preview.jsonl (token ids and labels)
+    # a rerun or resume whose input file changed since the run recorded it (provenance.json) goes on, with a
+    # warning; false: it stops before anything loads
+    allow_changed: bool = False
 
 
 @dataclass

@@ -158,6 +158,9 @@ def _encode_all(data: Any, template: Template, tokenizer: Any, checked: Checked,
             split.close()
     stats = splits["train"].stats
     stats["files"] = per_file
+    if checked.eval is not None:  # its rows read and skipped, as for each train file (a run's provenance.json)
+        stats["eval_file"] = {"file": checked.eval.path, "rows": len(checked.eval.rows),
+                              "rows_skipped": len(checked.eval.skipped)}
     kind.check_split(stats, ", ".join(train_files(data)))
     if has_eval:
         stats["eval"] = splits["eval"].stats
@@ -198,6 +201,8 @@ def _own_paths(stats: dict, data: Any) -> dict:
     files had the same contents elsewhere. Its statistics name this run's own files."""
     for entry, path in zip(stats.get("files", []), train_files(data)):
         entry["file"] = path
+    if "eval_file" in stats and data.eval_file:
+        stats["eval_file"]["file"] = str(data.eval_file)
     return stats
 
 

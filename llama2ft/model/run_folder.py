@@ -8,7 +8,8 @@ adapter/ (LoRA) or model/ (full fine-tuning), tokenizer/, metrics.json and loss.
 trained the embedded tiny model; checkpoints/ while (and after) it trains, each checkpoint-<step>/ counting
 only once its completion record (llama2ft-complete.json) is written; state.json (training, interrupted with
 its step, finished); log.jsonl (one JSON object per Trainer log event, appended as training goes: the
-curves of the studio and loss.png).
+curves of the studio and loss.png); provenance.json (what made the run: packages, commit, hardware, data
+fingerprints, command; training/provenance.py), written when it starts and completed when it ends.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ class RunDir:
     INITIAL_ADAPTER = "adapter_init"  # a PiSSA/OLoRA adapter as it was before training
     FAILED = "FAILED"  # a sweep job that stopped on bad input: its error message
     STATE = "state.json"  # what the run is doing: training, interrupted (its step, checkpoint, signal), finished
+    PROVENANCE = "provenance.json"  # what made the run (training/provenance.py); merge copies it beside the weights
     CHECKPOINT_PREFIX = "checkpoint-"  # the HF Trainer's checkpoints/checkpoint-<step>/
     # written last into a checkpoint folder: its files' sizes and sha256 (training/checkpoints.py)
     CHECKPOINT_COMPLETE = "llama2ft-complete.json"
@@ -114,6 +116,10 @@ class RunDir:
     @property
     def log(self) -> Path:
         return self.path / self.LOG
+
+    @property
+    def provenance(self) -> Path:
+        return self.path / self.PROVENANCE
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"{self.CHECKPOINT_PREFIX}{step}"
@@ -193,6 +199,13 @@ class RunDir:
         kept = [e for e in self.read_log() if int(e.get("step", 0)) <= step]
         with atomic_file(self.log) as tmp:
             tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in kept), encoding="utf-8")
+
+    def write_provenance(self, record: dict) -> None:
+        _write_json(self.provenance, record)
+
+    def read_provenance(self) -> dict:
+        """The run's provenance record ({} for a run made before runs recorded one)."""
+        return _read_json(self.provenance)
 
     def failure(self) -> Optional[str]:
         """The error a sweep job stopped on, if it did."""

@@ -1,6 +1,7 @@
 """The model card (README.md) of a merged model: YAML metadata header, training settings, data
-statistics, final metrics, the prompt template, how to chat with the model (transformers'
-`apply_chat_template`, llama.cpp, Ollama) and its files with their sizes (a section that
+statistics, final metrics, provenance (base model, data fingerprints, package versions, commit: the run's
+provenance.json, which the merge copies beside the weights), the prompt template, how to chat with the
+model (transformers' `apply_chat_template`, llama.cpp, Ollama) and its files with their sizes (a section that
 `llama2ft-export` refreshes when it writes a GGUF into the folder)."""
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from llama2ft.core.environment import show_gpus
 from llama2ft.model.run_folder import RunDir
 
 TAGS = ["llama2", "lora", "llama2ft", "chinese"]
@@ -74,6 +76,27 @@ def _json_section(data: dict, title: str) -> list[str]:
     rows = [f"| {k} | {round(v, 4) if isinstance(v, float) else v} |" for k, v in flat.items()]
     nested = [f"| {k}.{kk} | {vv} |" for k, v in data.items() if isinstance(v, dict) for kk, vv in v.items()]
     return ["| key | value |", "|---|---|", *rows, *nested, ""]
+
+
+def _provenance_section(base: str, record: dict) -> list[str]:
+    """What made the training run, from its provenance.json."""
+    if not record:
+        return [f"Base model: `{base}`. No provenance recorded (adapters given on the command line, or a run made "
+                "before runs recorded provenance.json).", ""]
+    git, hw, cmd = record.get("git") or {}, record.get("hardware") or {}, record.get("command") or {}
+    commit = (f"`{git['commit']}`" + (" (with uncommitted changes)" if git.get("dirty") else "") if git.get("commit")
+              else f"unknown ({git.get('note', 'not recorded')})")
+    lines = [f"From the training run's `provenance.json` (copied into this folder), status `{record.get('status')}`:",
+             "", f"- base model: `{base}`", f"- llama2ft commit: {commit}",
+             f"- hardware: CPU {hw.get('cpu')} ({hw.get('cpu_capability')}), GPUs: {show_gpus(hw.get('gpus'))}, "
+             f"world size {hw.get('world_size')}",
+             f"- command: `{' '.join([cmd.get('program', 'llama2ft-train'), *cmd.get('argv', [])])}`", "",
+             "| data file | role | bytes | sha256 | rows | rows skipped |", "|---|---|---|---|---|---|"]
+    lines += [f"| `{d['path']}` | {d['role']} | {d['size']} | `{d['sha256']}` | {d.get('rows')} | "
+              f"{d.get('rows_skipped')} |" for d in record.get("data", [])]
+    lines += ["", "| package | version |", "|---|---|"]
+    lines += [f"| {name} | {version} |" for name, version in (record.get("packages") or {}).items()]
+    return [*lines, ""]
 
 
 FILES_START, FILES_END = "<!-- llama2ft:files -->", "<!-- /llama2ft:files -->"
@@ -167,6 +190,9 @@ def render_card(info: CardInfo) -> str:
         "## Final metrics",
         "",
         *_json_section(RunDir(run).read_metrics() if run else {}, "metrics"),
+        "## Provenance",
+        "",
+        *_provenance_section(info.base, RunDir(run).read_provenance() if run else {}),
         "## Prompt template",
         "",
         f"Template `{info.template}`" + (f" with system prompt: {info.system}" if info.system else "") + ". "

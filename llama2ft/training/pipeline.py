@@ -23,7 +23,7 @@ from llama2ft.data.templates import get_template
 from llama2ft.model.loading import count_parameters, load_tokenizer, quantized_layers, save_tokenizer
 from llama2ft.model.lora import changes_base, save_adapter
 from llama2ft.model.run_folder import RunDir
-from llama2ft.training import distributed
+from llama2ft.training import distributed, provenance
 from llama2ft.training.answers import show_answers
 from llama2ft.training.arguments import finish_loggers, training_arguments
 from llama2ft.training.checkpoints import Checkpoints, resume_mode, resume_point, train
@@ -71,6 +71,7 @@ def run_training(cfg: DictConfig, method: Method, out_dir: Path, resume: Any, st
     # 1. check everything that can be checked without a model
     distributed.check_backend()
     check_run_dir(run, resume)
+    record = provenance.begin(cfg, run)  # provenance.json; a data file changed since the run it resumes/reruns: stop
     tokenizer = load_tokenizer(cfg.model)
     template = get_template(cfg.template.name, cfg.template.system)
 
@@ -88,6 +89,7 @@ def run_training(cfg: DictConfig, method: Method, out_dir: Path, resume: Any, st
         run.write_config(cfg)
         run.write_stats(prepared.stats)
         write_preview(prepared.preview, run.preview)
+        record.data_read(prepared.stats)
     say(method.rows.summary(prepared.stats))
     say(describe_first(tokenizer, prepared.preview))
     data = method.data(cfg, prepared)
@@ -148,13 +150,14 @@ def run_training(cfg: DictConfig, method: Method, out_dir: Path, resume: Any, st
     disk.before_save(str(final), disk.final_bytes)  # on every rank: they agree
     if trainer.is_world_process_zero():
         with disk.guard(f"saving {final}", disk.final_bytes, undo=lambda: undo_final_save(run)):
-            save_run(trainer, tokenizer, cfg, run, metrics)
+            save_run(trainer, tokenizer, cfg, run, metrics, record)
     finish_loggers(cfg.logger)
     distributed.barrier()
     return metrics
 
 
-def save_run(trainer: Any, tokenizer: Any, cfg: DictConfig, run: RunDir, metrics: dict) -> None:
+def save_run(trainer: Any, tokenizer: Any, cfg: DictConfig, run: RunDir, metrics: dict,
+             record: Optional[provenance.Provenance] = None) -> None:
     final = run.adapter if cfg.lora.enabled else run.model
     # the tokenizer travels with the template it trained with, as its chat_template
     for note in publish_template(tokenizer, get_template(cfg.template.name, cfg.template.system)):
@@ -168,6 +171,8 @@ def save_run(trainer: Any, tokenizer: Any, cfg: DictConfig, run: RunDir, metrics
     save_tokenizer(tokenizer, run.tokenizer)
     plot_loss(run.read_log(), run.loss_plot)
     run.write_state("finished", step=trainer.state.global_step)
+    if record is not None:
+        record.complete()
     run.write_metrics(metrics)  # last: a run with metrics.json is finished
     print(f"\nsaved {final}, {RunDir.METRICS}, {RunDir.LOSS_PLOT} in {run.path}", flush=True)
     print(f"talk to it: llama2ft-chat run={run.path}   (publish: llama2ft-merge run={run.path} output=DIR)", flush=True)

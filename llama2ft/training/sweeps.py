@@ -1,5 +1,6 @@
-"""Sweep summaries: one row per run of a Hydra multirun folder, best first; and whether a sweep
-already completed a run with the same config (so that rerunning a sweep skips it)."""
+"""Sweep summaries: one row per run of a Hydra multirun folder, best first, the environment the jobs ran
+under stated once and the jobs that ran under another flagged (from each run's provenance.json); and
+whether a sweep already completed a run with the same config (so that rerunning a sweep skips it)."""
 from __future__ import annotations
 
 import csv
@@ -10,10 +11,11 @@ from typing import Any, Optional
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from llama2ft.core import environment
 from llama2ft.model.run_folder import RunDir
 
 COLUMNS = ["run", "status", "overrides", "train_loss", "eval_loss", "exact_match_after", "trained_tokens",
-           "runtime_s"]
+           "runtime_s", "environment"]
 HYDRA_DIR = ".hydra"  # Hydra's own record of a job (its overrides), beside the run's files
 
 
@@ -38,20 +40,41 @@ def run_row(path: Path) -> dict[str, Any]:
     return {"run": path.name, "status": status, "overrides": " ".join(overrides or []),
             "train_loss": metrics.get("train_loss"), "eval_loss": metrics.get("eval_loss"),
             "exact_match_after": metrics.get("exact_match_after"), "trained_tokens": trained,
-            "runtime_s": metrics.get("train_runtime")}
+            "runtime_s": metrics.get("train_runtime"), "environment": ""}
 
 
-def collect(sweep_dir: Path, objective: str = "eval_loss") -> list[dict[str, Any]]:
-    """Rows of every run folder under `sweep_dir`: completed runs first, best (lowest objective) first."""
+def collect(sweep_dir: Path, objective: str = "eval_loss") -> tuple[list[dict[str, Any]], dict]:
+    """Rows of every run folder under `sweep_dir`, completed runs first, best (lowest objective) first;
+    and the environment most of them ran under (each row's `environment` says how its own differs)."""
     runs = [p for p in sweep_dir.iterdir() if p.is_dir() and (p / HYDRA_DIR).is_dir()]
     rows = [run_row(p) for p in runs]
+    records = [RunDir(p).read_provenance() for p in runs]
+    common = sweep_environment(records)
+    for row, record in zip(rows, records):
+        row["environment"] = environment_note(common, record)
 
     def key(row: dict) -> tuple:
         value = row.get(objective)
         missing = value is None or (isinstance(value, float) and math.isnan(value))
         return (row["status"] != "completed", missing, value if not missing else 0.0, row["run"])
 
-    return sorted(rows, key=key)
+    return sorted(rows, key=key), common
+
+
+def sweep_environment(records: list[dict]) -> dict:
+    """The recorded environment that the most jobs share ({} when none recorded one)."""
+    envs = sorted((r for r in records if r.get("packages")), key=lambda r: r.get("started") or "")
+    return max(envs, key=lambda e: sum(not environment.differences(e, other) for other in envs), default={})
+
+
+def environment_note(common: dict, record: dict) -> str:
+    """How a job's environment differs from the sweep's ("" when it does not; a resume under another one
+    counts too)."""
+    if not record.get("packages"):
+        return "not recorded"
+    notes = [f"{what} {new} (sweep: {old})" for what, old, new in environment.differences(common, record)]
+    notes += [f"resumed with {d}" for resume in record.get("resumed", []) for d in resume.get("differences", [])]
+    return "; ".join(notes)
 
 
 def _fmt(value: Any) -> str:
@@ -62,12 +85,15 @@ def _fmt(value: Any) -> str:
 
 def write(sweep_dir: Path, objective: str = "eval_loss") -> list[dict[str, Any]]:
     """Write sweep_summary.csv and sweep_summary.md at the sweep root; returns the rows."""
-    rows = collect(sweep_dir, objective)
+    rows, common = collect(sweep_dir, objective)
     with (sweep_dir / "sweep_summary.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
+    env = (f"Environment: {environment.summary(common)}. A job that ran under another says how in its `environment` "
+           "column." if common else "Environment: not recorded (no job wrote a provenance.json).")
     lines = [f"# Sweep {sweep_dir}", "", f"{len(rows)} runs, best first by `{objective}` (lower is better).", "",
+             env, "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
     (sweep_dir / "sweep_summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

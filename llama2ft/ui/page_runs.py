@@ -123,7 +123,7 @@ def sweep_view(ws: Workspace, label: Optional[str], objective: str) -> list[Any]
     if not label:
         return [[], "", ""]
     folder, objective = ws.path_of(label), (objective or "eval_loss").strip()
-    rows = collect(folder, objective)
+    rows, _ = collect(folder, objective)  # (the environment most jobs ran under: in its summary file)
     table = [[_cell(r.get(c)) for c in COLUMNS] for r in rows]
     logs = {r["run"]: RunDir(folder / r["run"]).read_log() for r in rows}
     return [table, curves.objective_chart(rows, objective), curves.chart(curves.overlay_panels(logs), width=8)]
