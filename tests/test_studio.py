@@ -18,7 +18,7 @@ from llama2ft.model.run_folder import RunDir
 from llama2ft.ui import actions, curves, runs
 from llama2ft.ui.compose import Composer, Draft, method_edits, override
 from llama2ft.ui.data_preview import stats_table, token_pieces, tokens_html
-from llama2ft.ui.jobs import Jobs
+from llama2ft.ui.jobs import Job, Jobs
 
 TRAIN_GROUPS = {"data", "experiment", "hparams_search", "logger", "lora", "method", "model", "quant", "template",
                 "trainer"}
@@ -132,6 +132,7 @@ def test_the_actions_command_lines_compose_for_their_commands(smoke_run, tmp_pat
     assert planned["merge"].args == [f"run={smoke_run.path}", f"output={tmp_path}/merged/{name}", "overwrite=true"]
     assert planned["export"].result == tmp_path / "merged" / name / f"{name}.q4_k_m.gguf"
     assert planned["chat"].args == [f"run={smoke_run.path}", "host=127.0.0.1", "port=7999", "auth=me:pw"]
+    assert Job.shown_for("web", planned["chat"].args).endswith("port=7999 'auth=me:***'")  # the page hides it
     assert "benchmark_data=sample" in planned["benchmark"].args
     for action in ("chat", "eval", "benchmark"):  # every key is one the command knows
         cfg = compose(planned[action].args, config_name=planned[action].command)

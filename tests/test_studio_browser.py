@@ -16,6 +16,7 @@ import pytest
 
 from conftest import offline_env, run_app, start_app
 from fault_points import pause_env, release, wait_paused
+from llama2ft import PROJECT_ROOT
 from llama2ft.model.run_folder import RunDir
 from studio_page import CHROMEDRIVER, CHROMIUM, Page
 
@@ -157,3 +158,12 @@ def test_bad_input_shows_the_clis_error_lines_and_launches_nothing(studio, page,
     time.sleep(1)
     after = sorted((studio.runs_dir / "train").iterdir()) if (studio.runs_dir / "train").is_dir() else []
     assert after == before
+
+
+def test_an_uploaded_file_becomes_the_train_file(studio, page):
+    page.open()
+    page.find("#upload input[type=file]")[0].send_keys(str(PROJECT_ROOT / "data" / "sample" / "dev.csv"))
+    uploaded = studio.runs_dir / "uploads" / "dev.csv"
+    page.wait(lambda: page.value("command") == f"llama2ft-train data=csv data.train_file={uploaded}", 30)
+    assert uploaded.read_bytes() == (PROJECT_ROOT / "data" / "sample" / "dev.csv").read_bytes()
+    assert page.value("field-data-train-file") == str(uploaded) and "checks pass" in page.value("problems")

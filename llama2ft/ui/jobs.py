@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 KEEP_LINES = 2000  # of a job's output (a bar redrawn with \r stays one line)
+_AUTH = re.compile(r"^(auth=[^:]*:).+$")
 _ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # a terminal's cursor moves and colours (tqdm's nested bars)
 
 
@@ -55,8 +56,9 @@ class Job:
 
     @staticmethod
     def shown_for(command: str, args: list[str]) -> str:
-        """The command line as a user types it (the console script runs `python -m llama2ft.<command>`)."""
-        return shlex.join([script_of(command), *args])
+        """The command line as a user types it (the console script runs `python -m llama2ft.<command>`); a
+        password (auth=user:password) shown as ***."""
+        return shlex.join([script_of(command), *(_AUTH.sub(r"\1***", a) for a in args)])
 
     def _read(self) -> None:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
