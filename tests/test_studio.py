@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -207,8 +206,7 @@ def test_runs_and_sweeps_are_found_and_tabled(smoke_run, tmp_path):
     assert [dict(zip(COLUMNS, r))["run"] for r in table] == ["0", "1"] and len(table[0]) == len(COLUMNS)
     assert chart.count('id="objective-bar') == 2 and "0: " in chart and "1: " in chart
     assert 'id="curve-0-train-loss"' in overlaid and 'id="curve-1-eval-loss"' in overlaid
-    fake = [{"run": "0", "overrides": "a=1 lr=2", "eval_loss": 1.0},
-            {"run": "1", "overrides": "a=1 lr=3", "eval_loss": 2.0}, {"run": "2", "overrides": "a=1 lr=4", "eval_loss": None}]
+    fake = [{"run": str(i), "overrides": f"a=1 lr={i + 2}", "eval_loss": v} for i, v in enumerate((1.0, 2.0, None))]
     chart = curves.objective_chart(fake, "eval_loss")  # each bar names what its run set differently
     assert chart.count('id="objective-bar') == 2 and "0: lr=2" in chart and "1: lr=3" in chart and "a=1" not in chart
 
