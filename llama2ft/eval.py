@@ -41,8 +41,6 @@ def run_eval(cfg: DictConfig) -> dict:
     template = cfg.prompt_template
     if template not in (None, "model", *TEMPLATE_NAMES):
         problems.append(f"prompt_template={template!r}: must be one of {', '.join(TEMPLATE_NAMES)} or model")
-    if template is None:
-        template = "llama2_inst" if "generate" in tasks else "model"
     if not 0 < float(cfg.chinese_threshold) < 1:
         problems.append(f"chinese_threshold={cfg.chinese_threshold}: must be in (0, 1)")
     if int(cfg.batch_size) < 1:
@@ -58,7 +56,9 @@ def run_eval(cfg: DictConfig) -> dict:
     data = OmegaConf.to_container(cfg.benchmark_data, resolve=True)
     if "benchmark" in tasks:
         problems += benchmark_problems(OmegaConf.to_container(cfg.benchmarks), data, cfg.num_fewshot, cfg.limit)
-    specs, model_problems = model_specs(list(cfg.models), _base_spec(cfg, template, tasks))
+    if template is None and "generate" not in tasks:
+        template = "model"  # loss and benchmarks: each model's own template (benchmarks use lm-eval's prompts)
+    specs, model_problems = model_specs(list(cfg.models), _base_spec(cfg, template, tasks), per_model=template is None)
     samp = Sampling.of(cfg)
     problems += model_problems + samp.problems()
     if problems:
@@ -79,9 +79,10 @@ def run_eval(cfg: DictConfig) -> dict:
     return results[tasks[0]] if len(tasks) == 1 else results
 
 
-def _base_spec(cfg: DictConfig, template: str, tasks: list[str]) -> ModelSpec:
+def _base_spec(cfg: DictConfig, template: Optional[str], tasks: list[str]) -> ModelSpec:
     """The model keys every `models` entry starts from: the config's, with prompt_template= as the template
-    and the community's system prompt for its llama2_inst evaluation."""
+    (None: each model's own, or llama2_inst for a plain folder: `runner.prompted_as`) and the community's
+    system prompt for a llama2_inst evaluation."""
     system: Optional[str] = cfg.system
     if system is None and template == "llama2_inst" and "generate" in tasks:
         system = COMMUNITY_SYSTEM_PROMPT

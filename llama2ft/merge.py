@@ -24,8 +24,8 @@ from llama2ft.data.dialogue import Turn
 from llama2ft.model.loading import DTYPES, open_tokenizer, save_tokenizer
 from llama2ft.model.rope import ROPE_TYPES, scaling_of
 from llama2ft.model.run_folder import RunDir, write_chat_meta
-from llama2ft.publishing.merge import Inputs, check_fits, inputs_from_paths, inputs_from_run, merge_workers, \
-    read_adapter, write_config, write_weights
+from llama2ft.publishing.merge import Inputs, check_fits, inputs_from_paths, inputs_from_run, is_scorer, \
+    merge_workers, read_adapter, write_config, write_weights
 from llama2ft.publishing.model_card import EXAMPLE, CardInfo, write_card
 from llama2ft.publishing.safetensors_stream import base_tensors, parse_size
 from llama2ft.publishing.verify import TOLERANCE, prompt_ids, prompt_template, verify
@@ -93,7 +93,7 @@ def run_merge(cfg: DictConfig) -> Path:
         write_card(card, tmp / "README.md")
         if cfg.verify:
             diff, tol = verify(inp.base, inp.adapters, tmp, ids, layout["model.embed_tokens.weight"].shape[0],
-                               TOLERANCE[dtype_name], inp.rope_scaling)
+                               TOLERANCE[dtype_name], inp.rope_scaling, is_scorer(layout))
             print(f"verified: max |logit diff| {diff:.3g} (tolerance {tol:.3g}) on {len(ids)} prompts", flush=True)
         else:
             print("verify=false: the merged logits were not checked against base+adapter", flush=True)

@@ -201,3 +201,16 @@ def test_a_runs_adapter_and_tokenizer_folders_carry_the_template(smoke_run):
             if turns[-1].role == "human":
                 got = tok.apply_chat_template(messages(turns, None), add_generation_prompt=True)["input_ids"]
                 assert got == encode_prompt(template, tok, turns)
+
+
+@pytest.mark.parametrize("name", ["human_assistant", "llama2_inst"])
+@pytest.mark.parametrize("system", [None, RUN_SYSTEM, "It's 'quoted' \\ {{ x }}\n\t多行"])
+def test_a_published_template_tells_its_name_and_system_prompt(name, system):
+    """What a folder's chat_template says it was trained with (eval and chat read it when llama2ft.json is
+    missing); a tokenizer's own template is none of ours."""
+    from llama2ft.data.chat_formats import template_of
+
+    published = jinja_template(get_template(name, system))
+    kept = system if name == "llama2_inst" else None  # human_assistant has no system prompt
+    assert template_of(published) == template_of({"default": published, ORIGINAL: "x"}) == (name, kept)
+    assert template_of(LLAMA2_CHAT_TEMPLATE) is None and template_of(None) is None

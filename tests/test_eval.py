@@ -3,6 +3,7 @@ Chinese more often than the untrained base; reports, charts, resuming, task=loss
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -57,15 +58,75 @@ def test_fine_tuned_beats_base_on_held_out_questions(learned_run, tmp_path):
     assert len((out / "answers.jsonl").read_text(encoding="utf-8").splitlines()) == 120
 
 
+def dev_questions(tmp_path, n: int = 10):
+    """The first `n` held-out dialogues of the embedded task, as a question file with references."""
+    import csv
+
+    rows = list(csv.DictReader(DEV.open(encoding="utf-8")))[:n]
+    path = tmp_path / "dev.csv"
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, ["text"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def overall(out, name: str) -> dict:
+    return json.loads((out / "metrics.json").read_text(encoding="utf-8"))["models"][name]["overall"]
+
+
 @pytest.mark.slow
-def test_built_in_questions_with_the_community_prompt(learned_run, tmp_path):
-    out = tmp_path / "builtin"
-    res = evaluate(f"models=[{learned_run.path}]", "max_new_tokens=8", f"output={out}")
+def test_a_run_is_asked_in_its_own_template_and_a_plain_folder_in_llama2_inst(learned_run, tmp_path):
+    """With no prompt_template=, `models=[RUN]` answers (it used to be asked in llama2_inst and answer nothing),
+    a plain folder is asked as the community asked Llama-2-Chat, and an entry's template= still wins."""
+    questions, run = dev_questions(tmp_path), learned_run.path
+    out = tmp_path / "eval"
+    res = evaluate(f"models=[{run},{{name:plain,path:{run / 'base_model'}}},{{name:forced,run:{run},"
+                   "template:llama2_inst}]", f"questions={questions}", "max_new_tokens=12", f"output={out}")
     assert res.returncode == 0, res.stderr[-3000:]
+    for name, template in ((run.name, "human_assistant"), ("plain", "llama2_inst"), ("forced", "llama2_inst")):
+        assert f"{name}: answering 10 questions (0 already done), prompted in template {template}" in res.stdout
+    tuned = overall(out, run.name)
+    assert tuned["empty_rate"] == 0 and tuned["exact_match"] >= 0.6, tuned  # 0.8 measured
+    assert overall(out, "forced")["exact_match"] == 0  # a template it never saw: what the old default gave
     rows = [json.loads(line) for line in (out / "answers.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert len(rows) == 30 and len({r["class"] for r in rows}) == 8
-    assert rows[0]["model"] == "run"
-    assert "[INST] <<SYS>>" not in rows[0]["prompt"]  # the question as asked; the template is applied inside
+    assert "[INST]" not in rows[0]["prompt"]  # the question as asked; the template is applied inside
+
+
+def test_which_template_each_model_is_asked_in(learned_run, tmp_path):
+    """No model loads: a run keeps its own template, so does a folder llama2ft-merge wrote (llama2ft.json, or
+    only the chat_template it put into the tokenizer), a plain folder or hub id gets llama2_inst with the
+    community's system prompt; an entry's template= and prompt_template= win."""
+    from llama2ft.evaluation.questions import COMMUNITY_SYSTEM_PROMPT
+    from llama2ft.evaluation.runner import model_specs
+    from llama2ft.inference.model_choice import ModelSpec, resolve
+    from llama2ft.model.run_folder import write_chat_meta
+
+    run = learned_run.path
+    plain = tmp_path / "plain"
+    shutil.copytree(run / "base_model", plain)
+    merged = tmp_path / "merged"
+    shutil.copytree(run / "base_model", merged)
+    write_chat_meta(merged, "llama2_inst", "请用中文回答。")
+    jinja_only = tmp_path / "jinja-only"  # a merged folder that lost its llama2ft.json
+    shutil.copytree(run / "base_model", jinja_only)
+    shutil.copy(run / "tokenizer" / "chat_template.jinja", jinja_only)
+    entries = [str(run), str(merged), str(jinja_only), str(plain), "meta-llama/Llama-2-7b-chat-hf",
+               {"name": "mine", "path": str(plain), "template": "human_assistant"}]
+
+    def asked(per_model: bool, template=None) -> list[tuple]:
+        specs, problems = model_specs(entries, ModelSpec(template=template), per_model=per_model)
+        assert not problems
+        return [(s.template, s.system) for s in specs]
+
+    community = ("llama2_inst", COMMUNITY_SYSTEM_PROMPT)
+    assert asked(True) == [(None, None)] * 3 + [community, community, ("human_assistant", None)]
+    specs, _ = model_specs(entries[:3], ModelSpec(), per_model=True)
+    assert [(r.template, r.system) for r in map(resolve, specs)] == [
+        ("human_assistant", None), ("llama2_inst", "请用中文回答。"), ("human_assistant", None)]
+    assert asked(False, "llama2_inst")[:5] == [("llama2_inst", None)] * 5  # prompt_template= for every model
+    specs, _ = model_specs(entries[3:4], ModelSpec(), per_model=False)  # prompt_template=model: as chat does
+    assert resolve(specs[0]).template == "human_assistant"
 
 
 @pytest.mark.slow

@@ -242,3 +242,24 @@ def test_bad_pairs_file_fails_before_any_model(tmp_path, method):
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: {bad} row 2: chosen and rejected are the same text: the pair prefers nothing"]
     assert not list(tmp_path.glob("tiny-sft-*"))  # the embedded SFT model was not started
+
+
+def test_a_prompts_file_for_a_reward_model_is_one_clear_error(tmp_path):
+    from conftest import run_app
+
+    bad = tmp_path / "prompts.csv"
+    bad.write_text("prompt\n请用中文写出数字 244。\n", encoding="utf-8")
+    res = run_app("train", "method=rm", f"data.train_file={bad}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {bad} has no column 'chosen', 'rejected'; columns found: 'prompt'"]
+    assert not list(tmp_path.glob("tiny-sft-*"))  # before the embedded SFT model
+
+
+def test_reward_model_settings_are_checked():
+    from llama2ft.training.methods.rm import RewardModeling
+
+    cfg = compose(["method=rm", "method.center_rewards_coefficient=-1", "data.packing=true"])
+    assert RewardModeling().problems(cfg) == [
+        "data.packing=true with method=rm: preference rows are not packed; set data.packing=false",
+        "method.center_rewards_coefficient=-1.0: must be >= 0 (or null: off)"]

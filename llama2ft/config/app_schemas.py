@@ -73,8 +73,9 @@ class EvalConfig(GenerateConfig):
     # in the community format (its last answer is the reference); None: the built-in set (data/eval/questions.json)
     questions: Optional[str] = None
     encoding: Optional[str] = None  # csv encoding, e.g. gbk
-    # llama2_inst | human_assistant | model (each model's own training template); None: llama2_inst for
-    # task=generate (the community's evaluation), the model's own for task=loss
+    # llama2_inst | human_assistant | chat_template | model (each model's own training template) for every model;
+    # None: per model: a run or a folder that carries its template (llama2ft-merge's) its own, any other folder
+    # llama2_inst with the community's system prompt asking for Chinese (task=loss: each model's own)
     prompt_template: Optional[str] = None
     chinese_threshold: float = 0.5  # an answer is Chinese when more than this share of its letters are Chinese
     batch_size: int = 8  # answers written at a time; task=loss and task=benchmark: rows per forward pass

@@ -10,6 +10,7 @@ is put in front of it as a default (`system_preamble`).
 """
 from __future__ import annotations
 
+import ast
 import re
 from typing import Any, Optional
 
@@ -79,6 +80,22 @@ def jinja_template(template: LayoutTemplate) -> str:
     if lay.answer_head:
         lines.append("{%- if add_generation_prompt -%}{{- " + jinja_expr(lay.answer_head) + " -}}{%- endif -%}")
     return "\n".join(lines)
+
+
+_HEAD = re.compile(r"^\{#- " + re.escape(MARK) + r" template (\w+) ")
+_DEFAULT_SYSTEM = re.compile(r"\{%- set system_message = ('(?:[^'\\]|\\.)*') -%\}")
+
+
+def template_of(chat_template: Any) -> Optional[tuple[str, Optional[str]]]:
+    """(template name, system prompt) of a chat_template that `jinja_template` wrote (the default one of
+    a dict); None for any other, a tokenizer's own template included."""
+    text = chat_template.get("default") if isinstance(chat_template, dict) else chat_template
+    head = _HEAD.match(text) if isinstance(text, str) else None
+    if head is None:
+        return None
+    default = _DEFAULT_SYSTEM.search(text)
+    system = ast.literal_eval(default.group(1)) if default else ""  # jinja_string writes a Python literal
+    return head.group(1), system or None
 
 
 def system_preamble(own: str, system: Optional[str]) -> str:

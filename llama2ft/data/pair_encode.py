@@ -216,8 +216,9 @@ class CompletionRows(RowKind):
 PAIRS, COMPLETIONS = PairRows(), CompletionRows()
 
 
-def _pad(rows: list[tuple[list[int], list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded `prompt + answer` rows whose labels are the answer tokens only."""
+def pad_rows(rows: list[tuple[list[int], list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded `prompt + answer` rows whose labels are the answer tokens only (pairs, completions, and the
+    answers a reward model scores)."""
     width = max(len(p) + len(a) for p, a in rows)
     ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
@@ -243,7 +244,7 @@ class PairCollator:
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         rows = [(f["prompt_ids"], f[k]) for k in ("chosen_ids", "rejected_ids") for f in features]
-        batch = _pad(rows, self.pad_token_id)
+        batch = pad_rows(rows, self.pad_token_id)
         if "ref_chosen" in features[0]:
             batch["ref_chosen"], batch["ref_rejected"] = _floats(features, "ref_chosen"), _floats(features, "ref_rejected")
         return batch
@@ -258,7 +259,7 @@ class CompletionCollator:
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         rows = [(f["prompt_ids"], f[k]) for k in ("completion_ids", "kl_ids") for f in features]
-        batch = _pad(rows, self.pad_token_id)
+        batch = pad_rows(rows, self.pad_token_id)
         batch["desirable"] = torch.tensor([bool(f["desirable"]) for f in features])
         if "ref_logps" in features[0]:
             batch["ref_logps"], batch["ref_kl_logps"] = _floats(features, "ref_logps"), _floats(features, "ref_kl_logps")

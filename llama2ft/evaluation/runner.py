@@ -15,12 +15,12 @@ from llama2ft.data.dialogue import Turn, format_dialogue
 from llama2ft.evaluation.heldout import questions_from_dialogues
 from llama2ft.evaluation.loss import load_dialogues, loss_on_csv
 from llama2ft.evaluation.metrics import aggregate, answer_metrics
-from llama2ft.evaluation.questions import Question, load_questions
+from llama2ft.evaluation.questions import COMMUNITY_SYSTEM_PROMPT, Question, load_questions
 from llama2ft.evaluation.report import ANSWERS_FILE, append_answer, read_answers, write_report
-from llama2ft.inference.model_choice import ModelSpec
+from llama2ft.inference.model_choice import ModelSpec, carried_template
 from llama2ft.inference.sampling import Sampling
 from llama2ft.inference.settings import load
-from llama2ft.model.run_folder import is_run_folder
+from llama2ft.model.run_folder import is_run_folder, tokenizer_source
 
 HELD_OUT = "held-out"  # the class of questions taken from a community-format csv
 # The keys of a `models` entry: ModelSpec's own names, but `path` for model.name_or_path (see `entry_spec`)
@@ -28,9 +28,9 @@ ENTRY_KEYS = ("name", "run", "path", "adapter", "template", "system")
 
 
 # ---------------------------------------------------------------- inputs
-def model_specs(entries: list[Any], base: ModelSpec) -> tuple[list[ModelSpec], list[str]]:
+def model_specs(entries: list[Any], base: ModelSpec, per_model: bool = False) -> tuple[list[ModelSpec], list[str]]:
     """One spec per `models` entry (a path, or a dict with name/run/path/adapter/template/system),
-    and every problem with them."""
+    and every problem with them. `per_model`: an entry that names no template gets `prompted_as`'s."""
     specs, problems, names = [], [], set()
     for i, entry in enumerate(entries):
         where = f"models[{i}]"
@@ -46,6 +46,8 @@ def model_specs(entries: list[Any], base: ModelSpec) -> tuple[list[ModelSpec], l
             problems.append(f"{where}: give a folder path or {{name: ..., run: ... | path: ...}}")
             continue
         spec = entry_spec(entry, base)
+        if per_model and spec.template is None:
+            spec = prompted_as(spec)
         if spec.name in names:
             problems.append(f"{where}: the display name {spec.name!r} is used twice; give each model a name")
         names.add(spec.name)
@@ -64,6 +66,20 @@ def entry_spec(entry: dict, base: ModelSpec) -> ModelSpec:
                    system=entry.get("system", base.system))
     spec.name = entry.get("name") or Path(str(spec.run or spec.model.name_or_path)).name
     return spec
+
+
+def prompted_as(spec: ModelSpec) -> ModelSpec:
+    """The template a model is asked in when neither prompt_template= nor its entry names one: a run, or a
+    folder that carries its training template (`carried_template`), its own; any other folder (a plain
+    Llama-2-Chat, a hub id) `llama2_inst` with the community's system prompt asking for Chinese, as the
+    community evaluated Llama-2-Chat."""
+    if spec.run is not None or spec.model.name_or_path is None:
+        return spec  # resolve() takes the run's template (a missing model is reported by spec.problems)
+    path = str(spec.model.name_or_path)
+    if carried_template(path, spec.model.tokenizer or tokenizer_source(spec.adapter, path)) is not None:
+        return spec
+    return replace(spec, template="llama2_inst",
+                   system=spec.system if spec.system is not None else COMMUNITY_SYSTEM_PROMPT)
 
 
 def question_set(path: Optional[str], encoding: Optional[str]) -> list[Question]:
@@ -114,8 +130,9 @@ def answer_questions(specs: list[ModelSpec], questions: list[Question], samp: Sa
         if not todo:
             print(f"{spec.name}: all {len(questions)} answers already in {answers_path}", flush=True)
             continue
-        print(f"{spec.name}: answering {len(todo)} questions ({len(done)} already done)", flush=True)
         chat = _load(spec, max_batch, engine)
+        print(f"{spec.name}: answering {len(todo)} questions ({len(done)} already done), prompted in template "
+              f"{chat.template.name}", flush=True)
         todo, too_long = _fitting(chat, todo, samp.max_new_tokens)
         skipped[spec.name] = [q.qid for q in too_long]
         if too_long:

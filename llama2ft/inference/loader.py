@@ -7,10 +7,11 @@ import torch
 from llama2ft.core.errors import UserError
 from llama2ft.data.templates import get_template
 from llama2ft.inference.engine import ChatModel
-from llama2ft.inference.model_choice import ModelSpec, resolve
+from llama2ft.inference.model_choice import ModelSpec, Resolved, resolve
 from llama2ft.model.cpu_linear import onednn_works, pack_for_cpu
 from llama2ft.model.loading import compute_dtype, context_length, load_model, open_tokenizer, quantization_config
 from llama2ft.model.lora import load_adapter
+from llama2ft.model.run_folder import holds_scorer
 
 
 def _device(spec: ModelSpec) -> str:
@@ -21,12 +22,22 @@ def _device(spec: ModelSpec) -> str:
     return spec.device
 
 
-def load_chat_model(spec: ModelSpec) -> ChatModel:
-    """Resolve and load; every failure is one UserError naming what could not be loaded."""
+def checked_resolve(spec: ModelSpec) -> Resolved:
+    """Where each part of the spec comes from, refusing a reward model (it scores answers, writes none)."""
     problems = spec.problems()
     if problems:
         raise UserError("; ".join(problems))
     r = resolve(spec)
+    for path in (spec.run, r.base):
+        if path is not None and holds_scorer(path):
+            raise UserError(f"{path} is a reward model (method=rm): it scores answers and writes none; talk to a "
+                            "causal LM's run or folder (a reward model scores through llama2ft.training.reward_model)")
+    return r
+
+
+def load_chat_model(spec: ModelSpec) -> ChatModel:
+    """Resolve and load; every failure is one UserError naming what could not be loaded."""
+    r = checked_resolve(spec)
     source = spec.model
     tok = open_tokenizer(r.tokenizer, source.revision, source.trust_remote_code, need_bos_eos=True)
     device = _device(spec)
@@ -63,10 +74,7 @@ def load_vllm(spec: ModelSpec, max_batch: int) -> ChatModel:
     from llama2ft.inference.vllm_engine import load_vllm_chat_model, require_vllm
 
     require_vllm()
-    problems = spec.problems()
-    if problems:
-        raise UserError("; ".join(problems))
-    r = resolve(spec)
+    r = checked_resolve(spec)
     if r.quant != "none":
         raise UserError(f"engine=vllm serves full-precision weights; quant={r.quant} is for engine=transformers")
     source = spec.model

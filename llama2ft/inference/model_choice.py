@@ -6,16 +6,19 @@ for chat, web, serve, eval and the vLLM engine.
 `ModelSpec` is what to load: those keys plus the template and quantization chosen (by name; in a config
 they come from the training's `template=`/`quant=` groups) and a display name. `resolve` says where each
 part comes from: a run brings its base, adapter, tokenizer, template and quantization; a folder written
-by `llama2ft-merge` its template (`llama2ft.json`); explicit keys win over both.
+by `llama2ft-merge` its template (`llama2ft.json`, or the chat_template llama2ft wrote into its tokenizer:
+`carried_template`); explicit keys win over both.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from llama2ft.core.errors import UserError
 from llama2ft.core.files import is_local_path
+from llama2ft.data.chat_formats import template_of
 from llama2ft.data.templates import TEMPLATE_NAMES
 from llama2ft.model.cpu_linear import CPU_LINEAR
 from llama2ft.model.loading import DEVICES, DTYPE_CHOICES, QUANT_MODES
@@ -114,10 +117,26 @@ def resolve(spec: ModelSpec) -> Resolved:
     local = Path(base).expanduser()
     if is_local_path(base) and not local.exists():
         raise UserError(f"model folder {base} not found")
-    meta = read_chat_meta(local)
     if spec.adapter is not None:
         check_adapter(spec.adapter)
-    return Resolved(base, spec.adapter, spec.model.tokenizer or tokenizer_source(spec.adapter, base),
-                    spec.template or meta.get("template", "human_assistant"),
-                    spec.system if spec.system is not None else meta.get("system"), spec.quant or "none",
+    tokenizer = spec.model.tokenizer or tokenizer_source(spec.adapter, base)
+    template, system = carried_template(base, tokenizer) or ("human_assistant", None)
+    return Resolved(base, spec.adapter, tokenizer, spec.template or template,
+                    spec.system if spec.system is not None else system, spec.quant or "none",
                     spec.name or local.name)
+
+
+def carried_template(folder: str, tokenizer: str) -> Optional[tuple[str, Optional[str]]]:
+    """(template, system prompt) a model folder carries: its `llama2ft.json` (written by llama2ft-merge), else
+    the chat_template llama2ft wrote into its tokenizer's files; None for any other folder or a hub id (a
+    plain Llama-2-Chat: its tokenizer's own chat_template is not one of ours). Reads small files only."""
+    meta = read_chat_meta(Path(folder).expanduser())
+    if meta:
+        return meta["template"], meta.get("system")
+    tok = Path(tokenizer).expanduser()
+    jinja, config = tok / "chat_template.jinja", tok / "tokenizer_config.json"
+    if jinja.is_file():
+        return template_of(jinja.read_text(encoding="utf-8"))
+    if config.is_file():
+        return template_of(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
+    return None

@@ -100,12 +100,15 @@ def quantization_config(mode: str, dtype: torch.dtype, double_quant: bool = True
 
 def load_model(path: str, dtype: torch.dtype, *, quant: Optional[Any] = None, device: Optional[str] = None,
                revision: Optional[str] = None, trust_remote_code: bool = False,
-               attn_implementation: Optional[str] = None, rope_scaling: Optional[Any] = None) -> Any:
+               attn_implementation: Optional[str] = None, rope_scaling: Optional[Any] = None,
+               scorer: bool = False) -> Any:
     """A causal LM from a folder or hub id in `dtype`, quantized by `quant` (a `quantization_config`),
     with `rope_scaling` ({rope_type, factor}, see model/rope.py) set on its config.
     `device` (e.g. "cpu", "cuda:1"): where the weights go; bitsandbytes places quantized weights while
-    loading. None leaves them where transformers loads them (the Trainer or accelerate moves them)."""
-    from transformers import AutoModelForCausalLM
+    loading. None leaves them where transformers loads them (the Trainer or accelerate moves them).
+    `scorer`: a sequence-classification model with one output (a reward model) instead; from a causal LM's
+    folder its `score` head starts random (transformers says so) and the LM head is left out."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     kwargs: dict[str, Any] = {"dtype": dtype, "revision": revision, "trust_remote_code": trust_remote_code}
     if attn_implementation:
@@ -120,7 +123,11 @@ def load_model(path: str, dtype: torch.dtype, *, quant: Optional[Any] = None, de
 
             config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
             kwargs["config"] = apply_rope_scaling(config, rope_scaling)
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        if scorer and "config" in kwargs:
+            kwargs["config"].num_labels = 1
+        elif scorer:
+            kwargs["num_labels"] = 1
+        model = (AutoModelForSequenceClassification if scorer else AutoModelForCausalLM).from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"could not load the model from {path!r}: {first_line(exc)}") from exc
     if quant is None and device is not None:

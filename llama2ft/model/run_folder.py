@@ -296,6 +296,25 @@ def tokenizer_source(adapter: Optional[Union[str, Path]], base: Union[str, Path]
     return str(base)
 
 
+def holds_scorer(path: Union[str, Path]) -> bool:
+    """Whether a run folder (its adapter/ or model/) or a model folder holds a scorer (a sequence-classification
+    model with one output: a reward model, method=rm) rather than a causal LM; reads config files only."""
+    from llama2ft.model.lora import adapter_task, task_type
+
+    folder = Path(path).expanduser()
+    if is_run_folder(folder):
+        run = RunDir(folder)
+        if (run.adapter / "adapter_config.json").is_file():
+            return adapter_task(run.adapter) == task_type(True)
+        folder = run.model
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    architectures = config.get("architectures") if isinstance(config, dict) else None
+    return any(str(a).endswith("ForSequenceClassification") for a in architectures or [])
+
+
 def write_chat_meta(folder: Path, template: str, system: Optional[str]) -> None:
     meta = {"template": template, "system": system}
     (folder / CHAT_META_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")

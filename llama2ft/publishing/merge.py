@@ -25,6 +25,7 @@ from llama2ft.publishing.safetensors_stream import (Piece, Scratch, TensorInfo, 
                                                     shard_names, tensor_nbytes, write_shard)
 
 _PEFT_PREFIX = "base_model.model."
+LM_HEAD, SCORE_HEAD = "lm_head.weight", "score.weight"  # heads an adapter may bring: a reward model's is `score`
 KILL_HOOK = "LLAMA2FT_MERGE_KILL_AFTER_SHARDS"  # tests: SIGKILL ourselves mid-write
 
 
@@ -177,18 +178,25 @@ def check_fits(adapters: list[Adapter], base: dict[str, TensorInfo]) -> dict[str
                                 f"but the weight has {shape[0]}")
         for key, tensor in ad.saved.items():
             if key not in out:
-                if key != "lm_head.weight":
+                if key not in (LM_HEAD, SCORE_HEAD):
                     raise UserError(f"adapter {ad.path} saves {key}, which the base model does not have")
                 out[key] = TensorInfo(out["model.embed_tokens.weight"].dtype, list(tensor.shape), None, 0, 0)
             if tuple(out[key].shape[1:]) != tuple(tensor.shape[1:]) or tensor.shape[0] < out[key].shape[0]:
                 raise UserError(f"adapter {ad.path}: saved {key} has shape {list(tensor.shape)} but the base "
                                 f"has {list(out[key].shape)} (an adapter of another architecture?)")
             out[key] = TensorInfo(out[key].dtype, list(tensor.shape), out[key].file, out[key].start, out[key].end)
+    if is_scorer(out):  # a reward model's adapter on a causal LM: the scorer it makes has no LM head
+        out.pop(LM_HEAD, None)
     rows = {k: out[k].shape[0] for k in ("model.embed_tokens.weight", "lm_head.weight") if k in out}
     if len(set(rows.values())) > 1:
         raise UserError(f"after the adapters, embed_tokens has {rows['model.embed_tokens.weight']} rows but lm_head "
                         f"{rows['lm_head.weight']}: an adapter resized one without the other")
     return out
+
+
+def is_scorer(layout: dict[str, TensorInfo]) -> bool:
+    """Whether the merged model is a scorer (a sequence-classification model: a reward model)."""
+    return SCORE_HEAD in layout
 
 
 # ---------------------------------------------------------------- merge
@@ -298,7 +306,8 @@ def write_weights(layout: dict[str, TensorInfo], adapters: list[Adapter], tmp: P
 def write_config(base: Path, layout: dict[str, TensorInfo], tmp: Path, dtype_name: str, tok: Any,
                  rope_scaling: Optional[dict] = None) -> None:
     """config.json (dtype, vocab size, no quantization, the RoPE scaling the adapter trained with) and
-    generation_config.json with chat's sampling."""
+    generation_config.json with chat's sampling; a scorer's config.json names its sequence-classification
+    class, one output and the padding its score skips (stock AutoModelForSequenceClassification loads it)."""
     from transformers import AutoConfig, GenerationConfig
 
     config = apply_rope_scaling(AutoConfig.from_pretrained(str(base)), rope_scaling)
@@ -309,6 +318,12 @@ def write_config(base: Path, layout: dict[str, TensorInfo], tmp: Path, dtype_nam
     if getattr(config, "tie_word_embeddings", False) and "lm_head.weight" in layout:
         config.tie_word_embeddings = False  # an adapter saved its own head: keep it
     config.use_cache = True
+    if is_scorer(layout):
+        family = (config.architectures or ["LlamaForCausalLM"])[0].removesuffix("ForCausalLM")
+        config.architectures, config.num_labels = [f"{family}ForSequenceClassification"], 1
+        config.pad_token_id = tok.pad_token_id
+        config.save_pretrained(str(tmp))
+        return  # it writes no text: no generation settings
     config.save_pretrained(str(tmp))
     GenerationConfig(**Sampling().generation_config(), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                      pad_token_id=tok.pad_token_id).save_pretrained(str(tmp))

@@ -28,13 +28,14 @@ def prompt_ids(template_name: str, system: Optional[str], tok: Any) -> list[list
     return [encode_prompt(template, tok, [Turn("human", p)]) for p in PROMPTS]
 
 
-def reference_model(base: Path, adapters: list[Path], vocab: int, rope_scaling: Optional[dict] = None) -> Any:
+def reference_model(base: Path, adapters: list[Path], vocab: int, rope_scaling: Optional[dict] = None,
+                    scorer: bool = False) -> Any:
     """float32 base (with the RoPE scaling the adapters trained with) + adapters through peft: all but
-    the last merged in turn, the last one live."""
+    the last merged in turn, the last one live. `scorer`: as a sequence-classification model (a reward model)."""
     import torch
     from peft import PeftModel
 
-    model = load_model(str(base), torch.float32, rope_scaling=rope_scaling)
+    model = load_model(str(base), torch.float32, rope_scaling=rope_scaling, scorer=scorer)
     if model.get_input_embeddings().weight.shape[0] != vocab:
         model.resize_token_embeddings(vocab)  # the adapter saved resized embeddings/head
     for i, path in enumerate(adapters):
@@ -45,21 +46,23 @@ def reference_model(base: Path, adapters: list[Path], vocab: int, rope_scaling: 
 
 
 def verify(base: Path, adapters: list[Path], merged: Path, ids: list[list[int]], vocab: int,
-           rel_tol: float, rope_scaling: Optional[dict] = None) -> tuple[float, float]:
-    """Max |logit difference| of merged vs base+adapters and the tolerance used; UserError if over."""
+           rel_tol: float, rope_scaling: Optional[dict] = None, scorer: bool = False) -> tuple[float, float]:
+    """Max |logit difference| of merged vs base+adapters and the tolerance used; UserError if over. A
+    scorer's logits are its scores, the merged folder loaded as stock transformers loads a reward model."""
     import gc
 
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     def logits(model: Any) -> list[Any]:
         with torch.no_grad():
             return [model(input_ids=torch.tensor([x])).logits[0].float() for x in ids]
 
-    ref = logits(reference_model(base, adapters, vocab, rope_scaling))
+    ref = logits(reference_model(base, adapters, vocab, rope_scaling, scorer))
     gc.collect()  # free the reference before loading the merged copy
     # loaded in float32 so that only the weights' rounding to the output dtype shows, not half-precision math
-    got = logits(AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32).eval())
+    auto = AutoModelForSequenceClassification if scorer else AutoModelForCausalLM
+    got = logits(auto.from_pretrained(str(merged), dtype=torch.float32).eval())
     scale = max(1.0, max(float(r.abs().max()) for r in ref))
     diff = max(float((r - g).abs().max()) for r, g in zip(ref, got))
     tol = rel_tol * scale

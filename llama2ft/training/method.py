@@ -48,6 +48,9 @@ class Method:
     # it continues an SFT model: `init_from` names one, and on the embedded default with no start the embedded
     # SFT model is trained (or reused) first (training/start.py)
     starts_from_sft = False
+    # it trains a scorer: a sequence-classification model with one output (a reward model) instead of a causal
+    # LM; it writes no answers
+    scorer = False
 
     def problems(self, cfg: DictConfig) -> list[str]:
         """Config problems of this method's settings (collected with every other problem)."""

@@ -22,7 +22,7 @@ from llama2ft.data.preview import describe_first, write_preview
 from llama2ft.data.templates import get_template
 from llama2ft.model.loading import count_parameters, load_tokenizer, quantized_layers, save_tokenizer
 from llama2ft.model.lora import changes_base, save_adapter
-from llama2ft.model.run_folder import RunDir
+from llama2ft.model.run_folder import RunDir, holds_scorer
 from llama2ft.training import distributed, provenance
 from llama2ft.training.answers import show_answers
 from llama2ft.training.arguments import finish_loggers, training_arguments
@@ -95,7 +95,7 @@ def run_training(cfg: DictConfig, method: Method, out_dir: Path, resume: Any, st
     data = method.data(cfg, prepared)
 
     # 4. model
-    model, base_path, dtype, speed = build_model(cfg, tokenizer, run, start.trained_adapter)
+    model, base_path, dtype, speed = build_model(cfg, tokenizer, run, start.trained_adapter, method.scorer)
     trainable, total = count_parameters(model)
     quantized = quantized_layers(model)
     say(f"model: {base_path} ({total:,} parameters, {trainable:,} trainable, {dtype}, quant={cfg.quant.mode}"
@@ -175,6 +175,8 @@ def save_run(trainer: Any, tokenizer: Any, cfg: DictConfig, run: RunDir, metrics
         record.complete()
     run.write_metrics(metrics)  # last: a run with metrics.json is finished
     print(f"\nsaved {final}, {RunDir.METRICS}, {RunDir.LOSS_PLOT} in {run.path}", flush=True)
-    print(f"talk to it: llama2ft-chat run={run.path}   (publish: llama2ft-merge run={run.path} output=DIR)", flush=True)
+    use = (f"score answers with it: llama2ft.training.reward_model.load_reward_model('{run.path}')"
+           if holds_scorer(run.path) else f"talk to it: llama2ft-chat run={run.path}")
+    print(f"{use}   (publish: llama2ft-merge run={run.path} output=DIR)", flush=True)
     if "wandb" in cfg.logger.report_to and os.environ.get("WANDB_MODE") == "offline":
         print(f"wandb ran offline; upload with: wandb sync {run.path}/wandb/offline-run-*", flush=True)

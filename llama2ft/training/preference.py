@@ -147,9 +147,14 @@ class PreferenceMethod(Method):
     needs_reference = False  # the starting model's log-probs are scored once before training
 
     def problems(self, cfg: DictConfig) -> list[str]:
-        p = []
+        p = self.row_problems(cfg)
         if cfg.method.beta <= 0:
             p.append(f"method.beta={cfg.method.beta}: must be > 0")
+        return p
+
+    def row_problems(self, cfg: DictConfig) -> list[str]:
+        """What the data settings must be for rows of prompt and answer columns."""
+        p = []
         if cfg.data.format != "dialogue":
             p.append(f"data.format={cfg.data.format!r} with method={self.name}: preference rows are prompt and "
                      "answer columns, not raw text")
