@@ -3,30 +3,70 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+UV_VERSION ?= 0.13.8
+UV := $(VENV)/bin/uv
 TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+# The extras `make install` installs and the locks pin; the locks are for this Python on x86_64 Linux.
 EXTRAS ?= web,serve,export,sweep,slurm,bench,dev
+LOCK_PYTHON ?= 3.11
+LOCK_PLATFORM ?= x86_64-manylinux_2_28
+LOCKS := lock/cpu.txt lock/cuda.txt
+HAS_GPU = command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1
+# uv reads no pip configuration: pip's find-links (a folder of local or mirrored wheels, such as the CPU build
+# of torch) are handed to it
+PIP_FIND_LINKS = $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^[^=]*find-links='\(.*\)'$$/\1/p")
+FIND_LINKS = $(foreach f,$(sort $(PIP_FIND_LINKS)),--find-links $(f))
+UV_SYNC = $(UV) pip sync --python $(PY) $(FIND_LINKS)
+# torch's CPU build from PyTorch's index, for a machine whose pip finds no local or mirrored copy
+FROM_TORCH_INDEX := --extra-index-url $(TORCH_CPU_INDEX) --index-strategy unsafe-best-match
 
-.PHONY: install train test test-fast llama-cpp bench gpu-wheels clean
+.PHONY: install lock train test test-fast llama-cpp bench gpu-wheels clean
 
 install: $(VENV)/.installed
 
-# torch first, so pip never resolves the bare `torch` requirement to a multi-GB CUDA wheel on a
-# machine without a GPU: with no NVIDIA GPU take the CPU build (a local/mirrored wheel if one is
-# configured, else PyTorch's CPU index).
-$(VENV)/.installed: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
-		echo "NVIDIA GPU found: installing the CUDA build of torch"; \
-		$(PIP) install -q "torch==$(TORCH_VERSION)"; \
-	elif $(PIP) install -q "torch==$(TORCH_VERSION)+cpu" 2>/dev/null; then \
-		echo "no GPU: installed the CPU build of torch"; \
+# Exactly the versions of a lock (uv pip sync also removes what it does not list): lock/cuda.txt with an NVIDIA
+# GPU, else lock/cpu.txt, whose torch is the CPU build, so that a laptop or CI never downloads a multi-GB CUDA
+# wheel (a local or mirrored copy when pip finds one, else PyTorch's CPU index). Then llama2ft itself, editable.
+$(VENV)/.installed: pyproject.toml $(LOCKS) | $(UV)
+	@$(PY) -c 'import sys; sys.exit(sys.version_info[:2] != tuple(map(int, "$(LOCK_PYTHON)".split("."))))' || { \
+		echo "error: the locks in lock/ are for Python $(LOCK_PYTHON), $(VENV) has $$($(PY) -V): rm -rf $(VENV) and run" \
+		     "make install PYTHON=python$(LOCK_PYTHON), or make lock LOCK_PYTHON=<yours>"; exit 2; }
+	@set -e; if $(HAS_GPU); then \
+		lock=lock/cuda.txt; echo "NVIDIA GPU found: installing $$lock (the CUDA build of torch)"; \
+		$(UV_SYNC) $$lock; \
 	else \
-		echo "no GPU: installing the CPU build of torch from $(TORCH_CPU_INDEX)"; \
-		$(PIP) install -q "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX); \
-	fi
-	$(PIP) install -q -e ".[$(EXTRAS)]"
-	touch $@
+		lock=lock/cpu.txt; \
+		if $(UV_SYNC) $$lock 2>/dev/null; then \
+			echo "no GPU: installed $$lock (the CPU build of torch)"; \
+		else \
+			echo "no GPU: installing $$lock with the CPU build of torch from $(TORCH_CPU_INDEX)"; \
+			$(UV_SYNC) $(FROM_TORCH_INDEX) $$lock; \
+		fi; \
+	fi; \
+	$(UV) pip install --python $(PY) -q --no-deps -e .; \
+	echo "$$lock $$(sha256sum < $$lock | cut -d' ' -f1)" > $@  # the lock tests/test_lock.py compares the venv with
+
+$(UV):
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q "uv==$(UV_VERSION)"
+
+# Resolve the locks anew from pyproject.toml: versions already locked are kept where they still fit (LOCK_ARGS=
+# --upgrade takes the newest of everything, --upgrade-package NAME of one). Both locks pin the same versions;
+# they differ only in torch's build and what the CUDA build brings (nvidia-*, triton).
+UV_COMPILE = $(UV) pip compile -q --custom-compile-command 'make lock' --annotation-style line pyproject.toml \
+	$(foreach e,$(subst $(comma), ,$(EXTRAS)),--extra $(e)) --python-version $(LOCK_PYTHON) \
+	--python-platform $(LOCK_PLATFORM) $(LOCK_ARGS)
+comma := ,
+lock: | $(UV)
+	mkdir -p lock
+	echo "torch==$(TORCH_VERSION)+cpu" > lock/torch-cpu.in
+	$(UV_COMPILE) $(FIND_LINKS) lock/torch-cpu.in -o lock/cpu.txt 2>/dev/null \
+		|| $(UV_COMPILE) $(FROM_TORCH_INDEX) lock/torch-cpu.in -o lock/cpu.txt
+	echo "torch==$(TORCH_VERSION)" > lock/torch-cuda.in
+	sed -n '/^[A-Za-z0-9]/{/^torch==/!s/ .*//p}' lock/cpu.txt > lock/cpu-pins.txt  # all but torch
+	$(UV_COMPILE) lock/torch-cuda.in -c lock/cpu-pins.txt -o lock/cuda.txt
+	rm -f lock/torch-cpu.in lock/torch-cuda.in lock/cpu-pins.txt
 
 train: install
 	$(VENV)/bin/llama2ft-train $(ARGS)

@@ -20,22 +20,20 @@ from llama2ft.core.errors import UserError
 from llama2ft.data.pipeline import check_inputs
 from llama2ft.model.run_folder import RunDir
 from llama2ft.training import distributed, sweeps
-from llama2ft.training.checkpoints import resume_problems
+from llama2ft.training.checks import training_problems
 from llama2ft.training.disk_space import DiskFull
 from llama2ft.training.distributed import say
 from llama2ft.training.method import Method
-from llama2ft.training.methods import get_method, method_problems, register_schemas
+from llama2ft.training.methods import get_method, register_schemas
 from llama2ft.training.pipeline import run_training
-from llama2ft.training.preemption import Interrupted, signal_problems
+from llama2ft.training.preemption import Interrupted
 from llama2ft.training.start import (Start, embedded_sft_config, embedded_start_folder, from_init,
-                                     needs_embedded_start, start_problems, with_init_from)
+                                     needs_embedded_start, with_init_from)
 
 
 def checked(cfg: DictConfig) -> Method:
     """The run's method, once every problem of the config (the method's and the start's too) is known."""
-    tr = cfg.trainer
-    validate(cfg, method_problems(cfg) + start_problems(cfg) + resume_problems(tr.resume) +
-             signal_problems(tr.stop_signals))
+    validate(cfg, training_problems(cfg))
     return get_method(cfg.method.name)
 
 

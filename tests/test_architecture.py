@@ -24,8 +24,10 @@ ALLOWED = {
     "training": {"core", "data", "model", "inference", "evaluation"},
     "publishing": {"core", "data", "model", "inference"},
     "config": {"core", "data", "model", "inference"},
+    # the studio's page over the commands: reads what every layer owns, runs the commands as subprocesses
+    "ui": {"core", "data", "model", "inference", "evaluation", "serving", "training", "publishing", "config"},
 }
-COMMANDS = ["chat", "eval", "export", "merge", "prepare", "serve", "sweep", "train", "vocab", "web"]
+COMMANDS = ["chat", "eval", "export", "merge", "prepare", "serve", "studio", "sweep", "train", "vocab", "web"]
 MAX_LINES = 400
 
 
@@ -224,7 +226,7 @@ def test_no_file_over_400_lines():
 
 
 # ---------------------------------------------------------------- typed schemas
-@pytest.mark.parametrize("command", ["train", "prepare", "chat", "web", "serve", "eval"])
+@pytest.mark.parametrize("command", ["train", "prepare", "chat", "web", "serve", "eval", "studio"])
 def test_every_config_group_command_rejects_unknown_keys_and_wrong_types(command):
     from hydra.errors import ConfigCompositionException
     from omegaconf.errors import ValidationError
@@ -232,7 +234,8 @@ def test_every_config_group_command_rejects_unknown_keys_and_wrong_types(command
     compose([], config_name=command)  # the defaults compose
     with pytest.raises(ConfigCompositionException, match="no_such_key"):
         compose(["no_such_key=1"], config_name=command)
-    typed = "trainer.max_steps=many" if command in ("train", "prepare") else "max_new_tokens=many"
+    typed = {"train": "trainer.max_steps=many", "prepare": "trainer.max_steps=many", "studio": "port=many"}.get(
+        command, "max_new_tokens=many")
     with pytest.raises(ConfigCompositionException) as info:
         compose([typed], config_name=command)
     assert isinstance(info.value.__cause__, ValidationError), info.value.__cause__

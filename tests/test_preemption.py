@@ -62,6 +62,10 @@ def test_sigterm_stops_with_a_checkpoint_and_the_same_command_finishes_the_same_
     assert f"resuming from {run.checkpoint(20)}" in out
     assert run.read_metrics()["steps_this_run"] == 10 and run.read_state()["state"] == "finished"
     assert_same_adapter(straight, run.path, atol=1e-6)
+    # log.jsonl went on through both stops: each logged step once, as in the uninterrupted run
+    logged = [[(e["step"], round(e["loss"], 4)) for e in RunDir(p).read_log() if "loss" in e]
+              for p in (run.path, straight)]
+    assert logged[0] == logged[1] and [s for s, _ in logged[0]] == [5, 10, 15, 20, 25, 30]
 
 
 def cut(path: Path, keep: float = 0.5) -> None:

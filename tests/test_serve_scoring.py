@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import time
 
@@ -79,35 +80,79 @@ def per_question(results: dict) -> dict[tuple[str, int], list[tuple[float, bool]
             for task, rows in results["samples"].items() for row in rows}
 
 
+
+
+def readme_lm_eval_settings() -> dict[str, bool]:
+    """The settings of the README's `lm_eval --model local-completions` command, besides the server and model."""
+    text = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    args = dict(kv.split("=", 1) for kv in re.search(r"--model local-completions .*?--model_args (\S+)", text,
+                                                      re.S).group(1).split(","))
+    assert "plus ,tokenized_requests=False" in text  # the README's text mode: the same arguments plus this one
+    return {"add_bos_token": args["add_bos_token"] == "True"}
+
+
+# The README's lm-eval settings for the server, in both of local-completions' modes: token ids (its default) or
+# text (tokenized_requests=False, for servers that take no ids). add_bos_token=True in both: lm-eval counts the
+# context with the BOS the server puts before a raw text prompt (and sends it as "<s>..." text, which gets no
+# second one); without it lm-eval's text mode scores one context token too many.
+LM_EVAL_MODES = {"token ids": readme_lm_eval_settings(),
+                 "text": {**readme_lm_eval_settings(), "tokenized_requests": False}}
+
+
 def test_lm_eval_scores_the_server_as_its_hf_model(server, merged, tmp_path, app_threads):
-    """lm-eval's own API client (token prompts, lists of prompts a request, echo + logprobs) and its hf model."""
+    """lm-eval's own API client (token prompts or text prompts, lists of prompts a request, echo + logprobs) and
+    its hf model: the same log-likelihood for every choice of every question."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
     tasks = task_dir(tmp_path)
     common = dict(tasks=["ceval-valid", "cmmlu", "numbers_cloze"], num_fewshot=2, limit=6, batch_size=4,
                   log_samples=True)
-    api = simple_evaluate(model="local-completions", model_args={
-        "base_url": f"{server}/v1/completions", "model": "m", "tokenizer": str(merged),
-        "tokenizer_backend": "huggingface", "add_bos_token": True, "max_length": 256},
-        task_manager=TaskManager(include_defaults=False, include_path=tasks), **common)
     hf = simple_evaluate(model="hf", model_args={"pretrained": str(merged), "add_bos_token": True, "device": "cpu",
                                                  "dtype": "float32"},
                          task_manager=TaskManager(include_defaults=False, include_path=tasks), **common)
-    served, local = per_question(api), per_question(hf)
-    assert served.keys() == local.keys() and len(served) == 4 * 6 + 6
-    for key, answers in local.items():
-        assert [lp for lp, _ in served[key]] == pytest.approx([lp for lp, _ in answers], abs=1e-4), key
-        assert [g for _, g in served[key]] == [g for _, g in answers], key  # is_greedy: from top_logprobs
+    local = per_question(hf)
     choices = {key: max(range(4), key=lambda i: local[key][i][0]) for key in local}
-    assert {key: max(range(4), key=lambda i: served[key][i][0]) for key in served} == choices
     cloze = [c for (task, _), c in choices.items() if task == "numbers_cloze"]
     assert len(set(cloze)) > 1  # the model knows the readings: its choices follow the right answers
-    for task in ("ceval-valid", "cmmlu", "numbers_cloze"):
-        assert api["results"][task]["acc,none"] == hf["results"][task]["acc,none"]
+    for mode, settings in LM_EVAL_MODES.items():
+        limit = 6 if mode == "token ids" else 2  # text mode: the first 2 questions of each subject are enough
+        api = simple_evaluate(model="local-completions", model_args={
+            "base_url": f"{server}/v1/completions", "model": "m", "tokenizer": str(merged),
+            "tokenizer_backend": "huggingface", "max_length": 256, **settings},
+            task_manager=TaskManager(include_defaults=False, include_path=tasks), **{**common, "limit": limit})
+        served = per_question(api)
+        assert served.keys() == {key for key in local if key[1] < limit} and len(served) == 5 * limit, mode
+        for key, answers in served.items():
+            assert [lp for lp, _ in answers] == pytest.approx([lp for lp, _ in local[key]], abs=1e-4), (mode, key)
+            assert [g for _, g in answers] == [g for _, g in local[key]], (mode, key)  # is_greedy: top_logprobs
+            assert max(range(4), key=lambda i: answers[i][0]) == choices[key], (mode, key)
+        for task in ("ceval-valid", "cmmlu", "numbers_cloze") if limit == common["limit"] else ():
+            assert api["results"][task]["acc,none"] == hf["results"][task]["acc,none"], (mode, task)
     # above chance (4 choices): how far above depends on the trained run's numerics (threads, CPU kind); a
     # `make train` run gave 3 of 6, the suite's learned_run more
     assert hf["results"]["numbers_cloze"]["acc,none"] > 0.25
+
+
+def test_lm_eval_text_prompts_are_the_ids_it_counts(any_tokenizer):
+    """lm-eval's text mode with the README's settings: the text it sends for a (context, continuation) becomes,
+    on the server, exactly the ids whose context length it counts (a BOS in front, none doubled), on the
+    embedded and the real Llama-2 tokenizer (whose decode puts a space after `<s>`)."""
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    from llama2ft.data.templates import get_template
+    from llama2ft.inference.engine import ChatModel
+
+    lm = LocalCompletionsAPI(base_url="http://127.0.0.1:1/v1/completions", model="m",
+                             tokenizer=any_tokenizer.name_or_path, tokenizer_backend="huggingface",
+                             **LM_EVAL_MODES["text"])
+    chat = ChatModel(None, any_tokenizer, get_template("human_assistant"), context_length=4096)
+    for context, continuation in [(PROMPT.rstrip(), " 一千零一"), ("问题：1+1=?\n答案：", " B"),
+                                  ("Hello world, this is", " a test"), ("<s>Human: 你好\n</s><s>Assistant:", " 你好")]:
+        context_ids, continuation_ids = lm._encode_pair(context, continuation)
+        assert context_ids[0] == any_tokenizer.bos_token_id
+        text = lm.create_message([context_ids + continuation_ids])
+        assert chat.raw_prompt_ids(text, room=0) == context_ids + continuation_ids, (context, text)
 
 
 def log_softmax(model, ids: list[int]) -> torch.Tensor:

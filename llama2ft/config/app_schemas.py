@@ -142,5 +142,14 @@ class VocabConfig:
     overwrite: bool = False  # replace an existing output (only once the new one is complete and checked)
 
 
+@dataclass
+class StudioConfig:
+    runs_dir: str = "outputs"  # where runs live: the studio lists them and launches new ones under it
+    host: str = "127.0.0.1"  # 0.0.0.0 exposes it (and the commands it runs) to the network: set auth then
+    port: int = 7870
+    auth: Optional[str] = None  # user:password
+    title: str = "llama2ft studio"
+
+
 APP_SCHEMAS = {"chat": ChatConfig, "web": WebConfig, "serve": ServeConfig, "eval": EvalConfig,
-               "merge": MergeConfig, "export": ExportConfig, "vocab": VocabConfig}
+               "merge": MergeConfig, "export": ExportConfig, "vocab": VocabConfig, "studio": StudioConfig}

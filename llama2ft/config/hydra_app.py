@@ -1,5 +1,6 @@
-"""Hydra plumbing shared by every command: the typed schemas in Hydra's ConfigStore, one entry helper
-that turns a `run_*(cfg)` function into a console script, and free-text overrides."""
+"""Hydra plumbing shared by every command: the typed schemas in Hydra's ConfigStore, the `--help` page
+(listing only the groups the command composes), one entry helper that turns a `run_*(cfg)` function into a
+console script, and free-text overrides."""
 from __future__ import annotations
 
 import re
@@ -12,16 +13,32 @@ from omegaconf import DictConfig, OmegaConf
 
 from llama2ft import CONFIG_DIR
 from llama2ft.config.app_schemas import APP_SCHEMAS
+from llama2ft.config.groups import describe_groups
 from llama2ft.config.train_schema import TrainConfig
 from llama2ft.core.errors import exit_on_user_error
 
 TEXT_KEYS = ("prompt", "system")
+
+# Hydra's help page (hydra/help/default) with its group list replaced: Hydra lists every folder under
+# configs/, this lists the groups the command composes (`hydra.runtime.choices`), internal ones left out.
+# Each configs/<command>.yaml picks it with `override hydra/help: llama2ft`.
+HELP = {
+    "app_name": "${hydra.job.name}",
+    "header": "${hydra.help.app_name}",
+    "footer": "Powered by Hydra (https://hydra.cc)\nUse --hydra-help to view Hydra specific help\n",
+    "template": "${hydra.help.header}\n== Configuration groups ==\n"
+                "Compose your configuration from those groups (group=option)\n\n"
+                "${llama2ft_groups:${hydra.runtime.choices}}\n\n== Config ==\n"
+                "Override anything in the config (foo.bar=value)\n\n$CONFIG\n\n${hydra.help.footer}\n",
+}
 
 
 def register_schemas() -> None:
     """Make `train_schema`, `chat_schema`, ... available to the defaults lists of configs/*.yaml."""
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
+    store.store(group="hydra/help", name="llama2ft", node=HELP)
+    OmegaConf.register_new_resolver("llama2ft_groups", describe_groups, replace=True)
     for name, schema in APP_SCHEMAS.items():
         store.store(name=f"{name}_schema", node=schema)
 

@@ -55,10 +55,10 @@ class Batcher:
         self._thread.start()
 
     # ---------------------------------------------------------------- request side
-    def add(self, gen: Generation) -> Future:
+    def add(self, gen: Generation, own_place: bool = True) -> Future:
         job: Future = Future()
         with self._wake:
-            if self.max_queue is not None and len(self._waiting) >= self.max_queue:
+            if own_place and self.max_queue is not None and len(self._waiting) >= self.max_queue:
                 n = len(self._waiting)
                 raise QueueFull(n, max(1, round(self._seconds * (n + 1) / self.max_batch)))
             self._waiting.append((gen, job))

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from llama2ft.inference.sampling import Sampling
+from llama2ft.inference.sampling import Sampling, seed_bits
 
 
 def generator_for(sampling: Sampling) -> Optional[torch.Generator]:
@@ -22,7 +22,7 @@ def generator_for(sampling: Sampling) -> Optional[torch.Generator]:
         return None
     gen = torch.Generator()
     if sampling.seed is not None:
-        gen.manual_seed(int(sampling.seed))
+        gen.manual_seed(seed_bits(sampling.seed))
     else:
         gen.seed()
     return gen

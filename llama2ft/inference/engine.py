@@ -24,7 +24,7 @@ from llama2ft.inference.batching import Batcher
 from llama2ft.inference.decoding import OpenAIPenalties
 from llama2ft.inference.logprobs import TokenScore, score_sequences
 from llama2ft.inference.request import Generation, QueueFull, Reply
-from llama2ft.inference.sampling import Sampling, cut_at_stop
+from llama2ft.inference.sampling import Sampling, cut_at_stop, seed_bits
 
 
 @dataclass
@@ -45,24 +45,25 @@ class ChatModel:
     _waiting: int = field(default=0, repr=False)
     _job_seconds: float = field(default=1.0, repr=False)  # running mean, for Retry-After
 
-    def enqueue(self, gen: Generation) -> Future:
-        """Queue a request: into the running batch when max_batch > 1, else on the one generation thread."""
+    def enqueue(self, gen: Generation, own_place: bool = True) -> Future:
+        """Queue a request: into the running batch when max_batch > 1, else on the one generation thread
+        (`own_place`: see `Generation.start`)."""
         if self.max_batch <= 1:
-            return self.submit(gen._run)
+            return self.submit(gen._run, own_place)
         with self._worker_lock:
             if self._batcher is None:
                 self._batcher = Batcher(self.model, self.tokenizer.eos_token_id, self.max_batch, self.max_queue,
                                         self.name)
-        return self._batcher.add(gen)
+        return self._batcher.add(gen, own_place)
 
-    def submit(self, fn: Callable[[], Any]) -> Future:
+    def submit(self, fn: Callable[[], Any], own_place: bool = True) -> Future:
         """Run `fn` on the model's one generation thread, after the jobs already waiting.
 
         One generation at a time (the max_batch=1 path; `enqueue` batches otherwise). The thread lives as long as the model
         because CUDA work in a fresh thread runs slowly at first (measured on an H100: the first
         generate in a new thread at 14 tokens/s, later ones at 40, the main thread at 33)."""
         with self._worker_lock:
-            if self.max_queue is not None and self._waiting >= self.max_queue:
+            if own_place and self.max_queue is not None and self._waiting >= self.max_queue:
                 raise QueueFull(self._waiting, max(1, round(self._job_seconds * (self._waiting + 1))))
             if self._worker is None:
                 self._worker = threading.Thread(target=self._serve, name=f"generate-{self.name}", daemon=True)
@@ -208,9 +209,9 @@ class ChatModel:
             ids[i, width - len(p):] = torch.as_tensor(p)
             mask[i, width - len(p):] = 1
         if sampling.seed is not None and not sampling.greedy:
-            torch.manual_seed(sampling.seed)
+            torch.manual_seed(seed_bits(sampling.seed))
             if torch.cuda.is_available():
-                torch.cuda.manual_seed_all(sampling.seed)
+                torch.cuda.manual_seed_all(seed_bits(sampling.seed))
         from transformers import LogitsProcessorList
 
         processors = LogitsProcessorList([OpenAIPenalties(sampling, width)] if sampling.openai_penalties else [])

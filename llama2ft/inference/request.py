@@ -21,7 +21,7 @@ class Host(Protocol):
 
     tokenizer: Any
 
-    def enqueue(self, gen: "Generation") -> Future: ...
+    def enqueue(self, gen: "Generation", own_place: bool = True) -> Future: ...
 
     def generate_ids(self, prompts: list[list[int]], sampling: Sampling, max_new_tokens: int,
                      streamer: Any = None) -> list[list[int]]: ...
@@ -123,11 +123,13 @@ class Generation:
         return self.chat.tokenizer.decode(self._ids, skip_special_tokens=True)
 
     # -- consumer side
-    def start(self) -> None:
+    def start(self, own_place: bool = True) -> None:
         """Take a place in the model's queue now (raises QueueFull when it is full); iterating starts
-        it too, but a server must know before it answers with a stream."""
+        it too, but a server must know before it answers with a stream. `own_place=False`: a further choice
+        of a request already admitted, which waits without counting against max_queue (a request is refused
+        whole or served whole)."""
         if self._job is None:
-            self._job = self.chat.enqueue(self)
+            self._job = self.chat.enqueue(self, own_place)
 
     def _run(self) -> None:
         """Runs on the model's generation thread (max_batch=1)."""

@@ -18,6 +18,43 @@ from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 
+@dataclass(frozen=True)
+class Bound:
+    """The values a number may take: [low, high], `low_open`: low itself excluded; None: no bound that side.
+    The checks and the API's OpenAPI schema both read it, so they cannot disagree."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    note: str = ""  # what a special value means, shown with the range
+
+    def holds(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        return above and (self.high is None or value <= self.high)
+
+    def text(self) -> str:
+        """`in [0, 2] (0 is greedy)`, `in (0, 1]`, `>= 1`."""
+        if self.high is None:
+            shown = f"{'>' if self.low_open else '>='} {self.low}"
+        elif self.low is None:
+            shown = f"<= {self.high}"
+        else:
+            shown = f"in {'(' if self.low_open else '['}{self.low}, {self.high}]"
+        return f"{shown} ({self.note})" if self.note else shown
+
+    def json_schema(self) -> dict[str, float]:
+        """The range as JSON Schema keywords (OpenAPI 3.1)."""
+        out: dict[str, float] = {}
+        if self.low is not None:
+            out["exclusiveMinimum" if self.low_open else "minimum"] = self.low
+        if self.high is not None:
+            out["maximum"] = self.high
+        return out
+
+
+MAX_STOP = 4  # stop texts a request may give (OpenAI's limit)
+
+
 @dataclass
 class SamplingKeys:
     """The sampling keys of the generation apps (`temperature=0.7 seed=1 ...`), with their defaults."""
@@ -33,6 +70,18 @@ class SamplingKeys:
     seed: Optional[int] = None  # set: the same seed gives the same sampled answer
 
 
+# the range of each numeric key (a seed may be any integer: `seed_bits`)
+BOUNDS = {"temperature": Bound(0, 2, note="0 is greedy"), "top_p": Bound(0, 1, low_open=True),
+          "top_k": Bound(0, note="0 turns it off"), "repetition_penalty": Bound(0, 10, low_open=True),
+          "frequency_penalty": Bound(-2, 2, note="0 turns it off"),
+          "presence_penalty": Bound(-2, 2, note="0 turns it off"), "max_new_tokens": Bound(1)}
+
+
+def seed_bits(seed: int) -> int:
+    """A seed as the 64 bits torch's generators take (any integer is a seed: a larger one would overflow)."""
+    return int(seed) % 2**64
+
+
 @dataclass
 class Sampling(SamplingKeys):
     """The settings one answer is generated with: the keys, plus a request's stop texts."""
@@ -45,22 +94,10 @@ class Sampling(SamplingKeys):
         return cls(**{f.name: getattr(keys, f.name) for f in fields(SamplingKeys)})
 
     def problems(self, prefix: str = "") -> list[str]:
-        p = []
-        if not 0 <= self.temperature <= 2:
-            p.append(f"{prefix}temperature={self.temperature}: must be in [0, 2] (0 is greedy)")
-        if not 0 < self.top_p <= 1:
-            p.append(f"{prefix}top_p={self.top_p}: must be in (0, 1]")
-        if self.top_k < 0:
-            p.append(f"{prefix}top_k={self.top_k}: must be >= 0 (0 turns it off)")
-        if not 0 < self.repetition_penalty <= 10:
-            p.append(f"{prefix}repetition_penalty={self.repetition_penalty}: must be in (0, 10]")
-        for name in ("frequency_penalty", "presence_penalty"):
-            if not -2 <= getattr(self, name) <= 2:
-                p.append(f"{prefix}{name}={getattr(self, name)}: must be in [-2, 2] (0 turns it off)")
-        if self.max_new_tokens < 1:
-            p.append(f"{prefix}max_new_tokens={self.max_new_tokens}: must be >= 1")
-        if len(self.stop) > 4 or any(not s for s in self.stop):
-            p.append(f"{prefix}stop: at most 4 non-empty texts")
+        p = [f"{prefix}{name}={getattr(self, name)}: must be {bound.text()}" for name, bound in BOUNDS.items()
+             if not bound.holds(getattr(self, name))]
+        if len(self.stop) > MAX_STOP or any(not s for s in self.stop):
+            p.append(f"{prefix}stop: at most {MAX_STOP} non-empty texts")
         return p
 
     @property

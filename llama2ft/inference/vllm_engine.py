@@ -26,7 +26,7 @@ from llama2ft.inference.engine import ChatModel
 from llama2ft.inference.model_choice import ModelSource, Resolved
 from llama2ft.inference.logprobs import TokenScore
 from llama2ft.inference.request import Generation, QueueFull, RequestEnded
-from llama2ft.inference.sampling import Sampling
+from llama2ft.inference.sampling import Sampling, seed_bits
 
 ENGINES = ("transformers", "vllm")
 INSTALL_HINT = "pip install 'llama2ft[vllm]'"
@@ -75,7 +75,8 @@ def sampling_args(sampling: Sampling, max_tokens: int, eos: int) -> dict[str, An
     return {"temperature": 0.0 if greedy else sampling.temperature, "top_p": 1.0 if greedy else sampling.top_p,
             "top_k": -1 if greedy or not sampling.top_k else sampling.top_k,
             "repetition_penalty": sampling.repetition_penalty, "frequency_penalty": sampling.frequency_penalty,
-            "presence_penalty": sampling.presence_penalty, "max_tokens": max_tokens, "seed": sampling.seed,
+            "presence_penalty": sampling.presence_penalty, "max_tokens": max_tokens,
+            "seed": None if sampling.seed is None else seed_bits(sampling.seed),
             "stop_token_ids": [eos], "skip_special_tokens": True}
 
 
@@ -111,10 +112,10 @@ class VllmChatModel(ChatModel):
     _wake: threading.Condition = field(default_factory=threading.Condition, repr=False)
     _closing: bool = field(default=False, repr=False)
 
-    def enqueue(self, gen: Generation) -> Future:
+    def enqueue(self, gen: Generation, own_place: bool = True) -> Future:
         job: Future = Future()
         with self._wake:
-            if self.max_queue is not None and self._waiting >= self.max_queue:
+            if own_place and self.max_queue is not None and self._waiting >= self.max_queue:
                 raise QueueFull(self._waiting, 1)
             if self._worker is None:
                 self._worker = threading.Thread(target=self._serve_vllm, name=f"vllm-{self.name}", daemon=True)

@@ -7,8 +7,9 @@ A finished run holds config.yaml (the resolved training config), data_stats.json
 adapter/ (LoRA) or model/ (full fine-tuning), tokenizer/, metrics.json and loss.png; base_model/ when it
 trained the embedded tiny model; checkpoints/ while (and after) it trains, each checkpoint-<step>/ counting
 only once its completion record (llama2ft-complete.json) is written; state.json (training, interrupted with
-its step, finished); provenance.json (what made the run: packages, commit, hardware, data fingerprints,
-command; training/provenance.py), written when it starts and completed when it ends.
+its step, finished); log.jsonl (one JSON object per Trainer log event, appended as training goes: the
+curves of the studio and loss.png); provenance.json (what made the run: packages, commit, hardware, data
+fingerprints, command; training/provenance.py), written when it starts and completed when it ends.
 """
 from __future__ import annotations
 
@@ -50,6 +51,9 @@ class RunDir:
     CHECKPOINT_PREFIX = "checkpoint-"  # the HF Trainer's checkpoints/checkpoint-<step>/
     # written last into a checkpoint folder: its files' sizes and sha256 (training/checkpoints.py)
     CHECKPOINT_COMPLETE = "llama2ft-complete.json"
+    # one JSON object per Trainer log event ({"step", "max_steps", "epoch", "time", "loss", ...}), appended and
+    # flushed as training goes; a resumed run drops what came after its checkpoint and goes on in the same file
+    LOG = "log.jsonl"
     COMPLETIONS = "completions.jsonl"  # GRPO: a sample of the answers of each logging step, with their rewards
 
     def __init__(self, path: Union[str, Path]):
@@ -111,6 +115,10 @@ class RunDir:
         return self.path / self.STATE
 
     @property
+    def log(self) -> Path:
+        return self.path / self.LOG
+
+    @property
     def provenance(self) -> Path:
         return self.path / self.PROVENANCE
 
@@ -165,6 +173,33 @@ class RunDir:
 
     def read_state(self) -> dict:
         return _read_json(self.state)
+
+    def append_log(self, entry: dict) -> None:
+        """One log event, flushed at once (a reader sees whole lines; a kill loses at most the line being written)."""
+        with self.log.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+    def read_log(self) -> list[dict]:
+        """The log events in order ([] without a log); a line cut short by a kill is skipped."""
+        if not self.log.is_file():
+            return []
+        entries = []
+        for line in self.log.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(entry, dict):
+                entries.append(entry)
+        return entries
+
+    def trim_log(self, step: int) -> None:
+        """Keep only the events up to `step` (where a resumed run continues; 0: a new start), atomically."""
+        if not self.log.is_file():
+            return
+        kept = [e for e in self.read_log() if int(e.get("step", 0)) <= step]
+        with atomic_file(self.log) as tmp:
+            tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in kept), encoding="utf-8")
 
     def write_provenance(self, record: dict) -> None:
         _write_json(self.provenance, record)

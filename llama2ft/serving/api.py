@@ -22,6 +22,7 @@ from typing import Any, AsyncIterator, Iterator, Optional
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
+from starlette.exceptions import HTTPException
 
 from llama2ft.core.errors import UserError
 from llama2ft.inference.engine import ChatModel
@@ -30,6 +31,8 @@ from llama2ft.inference.messages import message_text, to_turns
 from llama2ft.inference.sampling import Sampling
 from llama2ft.serving.api_models import (ChatRequest, CompletionRequest, choice_sampling, error_response, prompt_list,
                                          sampling_of)
+from llama2ft.serving.api_schema import (CHAT_STREAM, COMPLETION_STREAM, HEALTH, ChatCompletion, Completion, ModelList,
+                                         responses, served_schema)
 from llama2ft.serving.api_scoring import chat_logprobs, completion_choice, completion_choices, generate_all
 
 
@@ -55,15 +58,19 @@ def create_app(chat: ChatModel, defaults: Sampling, served_name: str, api_key: O
     app = FastAPI(title="llama2ft", version="1")
     app.state.served = Served(chat, defaults, served_name, api_key)
     app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(UserError, _user_error)
     app.add_exception_handler(Unauthorized, _unauthorized)
     app.add_exception_handler(QueueFull, _busy)
     app.add_middleware(BodyLimit, max_bytes=max_request_bytes)
     v1 = [Depends(_authorized)]
-    app.add_api_route("/health", health, methods=["GET"])
-    app.add_api_route("/v1/models", models, methods=["GET"], dependencies=v1)
-    app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"], dependencies=v1)
-    app.add_api_route("/v1/completions", completions, methods=["POST"], dependencies=v1)
+    app.add_api_route("/health", health, methods=["GET"], responses=HEALTH)
+    app.add_api_route("/v1/models", models, methods=["GET"], dependencies=v1, responses=responses(ModelList))
+    app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"], dependencies=v1,
+                      responses=responses(ChatCompletion, body=True, stream=CHAT_STREAM))
+    app.add_api_route("/v1/completions", completions, methods=["POST"], dependencies=v1,
+                      responses=responses(Completion, body=True, stream=COMPLETION_STREAM))
+    served_schema(app.openapi(), len(chat.tokenizer))  # FastAPI keeps this dict as the app's (app.openapi_schema)
     return app
 
 
@@ -71,6 +78,11 @@ def create_app(chat: ChatModel, defaults: Sampling, served_name: str, api_key: O
 async def _invalid(_: Request, exc: RequestValidationError) -> Any:
     parts = [f"{'.'.join(str(x) for x in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()]
     return error_response(400, "; ".join(parts) or "invalid request")
+
+
+async def _http_error(_: Request, exc: HTTPException) -> Any:
+    # FastAPI's own refusals (a body it cannot parse, an unknown path or method) in OpenAI's error shape too
+    return error_response(exc.status_code, str(exc.detail))
 
 
 async def _user_error(_: Request, exc: UserError) -> Any:

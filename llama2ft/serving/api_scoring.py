@@ -41,9 +41,11 @@ def answer_ids(gen: Generation) -> list[int]:
 
 
 def generate_all(gens: list[Generation]) -> None:
-    """Queue every generation first (they are answered together), then wait for each."""
-    for gen in gens:
-        gen.start()
+    """Queue every generation first (they are answered together), then wait for each. The request takes one
+    place in the queue however many choices it has: refused whole (503) or served whole, never a 503 that no
+    retry can pass (n x prompts over max_queue) nor choices left generating for nobody."""
+    for i, gen in enumerate(gens):
+        gen.start(own_place=i == 0)
     for gen in gens:
         gen.run()
 

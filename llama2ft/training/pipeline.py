@@ -36,6 +36,7 @@ from llama2ft.training.plots import plot_loss
 from llama2ft.training.preemption import Preemption
 from llama2ft.training.speed import peak_gpu_memory
 from llama2ft.training.start import Start
+from llama2ft.training.step_log import step_log
 
 
 def check_run_dir(run: RunDir, resume: str) -> None:
@@ -114,7 +115,8 @@ def run_training(cfg: DictConfig, method: Method, out_dir: Path, resume: Any, st
                               checkpointing=speed.checkpointing.enabled, liger=speed.liger and method.fused_loss)
     steps, stop = step_counter(), Preemption(cfg.trainer.stop_signals)
     disk = DiskSpace(run, *save_estimate(model, full=not cfg.lora.enabled))
-    callbacks = [steps, stop.callback(), disk.callback(), Checkpoints(run, cfg.trainer.save_total_limit).callback()]
+    callbacks = [steps, stop.callback(), disk.callback(), Checkpoints(run, cfg.trainer.save_total_limit).callback(),
+                 step_log(run)]
     trainer = method.trainer_class()(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
         data_collator=method.collator(tokenizer, speed.attention, cfg), processing_class=tokenizer, callbacks=callbacks,
@@ -167,7 +169,7 @@ def save_run(trainer: Any, tokenizer: Any, cfg: DictConfig, run: RunDir, metrics
             trainer.model.save_pretrained(tmp)
         save_tokenizer(tokenizer, tmp)
     save_tokenizer(tokenizer, run.tokenizer)
-    plot_loss(trainer.state.log_history, run.loss_plot)
+    plot_loss(run.read_log(), run.loss_plot)
     run.write_state("finished", step=trainer.state.global_step)
     if record is not None:
         record.complete()
