@@ -203,6 +203,8 @@ def test_a_stopped_grpo_run_resumes_to_the_uninterrupted_adapter(grpo_run, learn
     out = train_ok(run, *args[:-1])
     assert "resuming from" in out and json.loads((run / "metrics.json").read_text())["steps_this_run"] == 2
     assert_same_adapter(straight, run, atol=1e-6)
+    # the answers sampled at each step are the uninterrupted run's, each logged once
+    assert (run / "completions.jsonl").read_text() == (straight / "completions.jsonl").read_text()
 
 
 def test_a_grpo_run_merges_and_chats_like_any_run(grpo_run, tmp_path):

@@ -8,7 +8,8 @@ adapter/ (LoRA) or model/ (full fine-tuning), tokenizer/, metrics.json and loss.
 trained the embedded tiny model; checkpoints/ while (and after) it trains, each checkpoint-<step>/ counting
 only once its completion record (llama2ft-complete.json) is written; state.json (training, interrupted with
 its step, finished); log.jsonl (one JSON object per Trainer log event, appended as training goes: the
-curves of the studio and loss.png); provenance.json (what made the run: packages, commit, hardware, data
+curves of the studio and loss.png); completions.jsonl (GRPO: a sample of the answers of each logging step with
+their rewards); provenance.json (what made the run: packages, commit, hardware, data
 fingerprints, command; training/provenance.py), written when it starts and completed when it ends.
 """
 from __future__ import annotations
@@ -119,6 +120,10 @@ class RunDir:
         return self.path / self.LOG
 
     @property
+    def completions(self) -> Path:
+        return self.path / self.COMPLETIONS
+
+    @property
     def provenance(self) -> Path:
         return self.path / self.PROVENANCE
 
@@ -179,12 +184,14 @@ class RunDir:
         with self.log.open("a", encoding="utf-8") as f:
             f.write(json.dumps(entry, ensure_ascii=False) + "\n")
 
-    def read_log(self) -> list[dict]:
-        """The log events in order ([] without a log); a line cut short by a kill is skipped."""
-        if not self.log.is_file():
+    def read_log(self, path: Optional[Path] = None) -> list[dict]:
+        """The log events in order ([] without a log); a line cut short by a kill is skipped. `path`: another
+        log of the run written the same way (completions.jsonl)."""
+        path = path or self.log
+        if not path.is_file():
             return []
         entries = []
-        for line in self.log.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
@@ -194,12 +201,13 @@ class RunDir:
         return entries
 
     def trim_log(self, step: int) -> None:
-        """Keep only the events up to `step` (where a resumed run continues; 0: a new start), atomically."""
-        if not self.log.is_file():
-            return
-        kept = [e for e in self.read_log() if int(e.get("step", 0)) <= step]
-        with atomic_file(self.log) as tmp:
-            tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in kept), encoding="utf-8")
+        """Keep only the events up to `step` (where a resumed run continues; 0: a new start) in log.jsonl and
+        completions.jsonl, atomically: the steps after it run again."""
+        for path in (self.log, self.completions):
+            if path.is_file():
+                kept = [e for e in self.read_log(path) if int(e.get("step", 0)) <= step]
+                with atomic_file(path) as tmp:
+                    tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in kept), encoding="utf-8")
 
     def write_provenance(self, record: dict) -> None:
         _write_json(self.provenance, record)

@@ -200,7 +200,9 @@ def grpo_trainer_class() -> type:
                      "rewards": {name: _float(per[k, j]) for j, name in enumerate(self.rewards.names)},
                      "advantage": round(float(adv[k]), 4),
                      **{c: v[k] for c, v in self._extra_columns.items() if k < len(v)}} for k in range(n)]
-            with (Path(self.args.output_dir).parent / RunDir.COMPLETIONS).open("a", encoding="utf-8") as f:
+            # the run folder holds the Trainer's checkpoints/ (training/arguments.py); a resume trims this file
+            # with log.jsonl (RunDir.trim_log)
+            with RunDir(Path(self.args.output_dir).parent).completions.open("a", encoding="utf-8") as f:
                 for row in rows:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
