@@ -2,7 +2,7 @@
 
 Works the same on one CPU, one GPU or many processes under `accelerate launch` / `torchrun`; with `-m`
 each job of a sweep is one run, and the sweep's summary is rewritten after every job. The method
-(`method=sft|dpo|orpo|simpo|kto`) comes from the registry in llama2ft/training/methods/; every method
+(`method=sft|dpo|orpo|simpo|kto|rm|grpo`) comes from the registry in llama2ft/training/methods/; every method
 runs through the one skeleton in llama2ft/training/pipeline.py.
 """
 from __future__ import annotations
