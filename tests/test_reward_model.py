@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import run_app
+from test_preference_e2e import metrics, train
 from llama2ft import PROJECT_ROOT
 from llama2ft.data.pairs import prompt_turns
 
@@ -22,14 +23,6 @@ PAIRS_DEV = PROJECT_ROOT / "data" / "pairs" / "dev.csv"
 RM = ["method=rm", "trainer.save_steps=30", "trainer.save_total_limit=null"]
 
 
-def train(run: Path, *overrides: str):
-    res = run_app("train", *overrides, f"hydra.run.dir={run}")
-    assert res.returncode == 0, res.stderr[-3000:]
-    return res
-
-
-def metrics(run: Path) -> dict:
-    return json.loads((run / "metrics.json").read_text())
 
 
 def dev_pairs(n: int = 60) -> list[dict]:

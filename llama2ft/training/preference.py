@@ -12,7 +12,7 @@ not the SFT model), or full fine-tuning.
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -58,8 +58,9 @@ def rows(dataset: Any, start: int, end: int) -> list[dict]:
 
 
 @torch.no_grad()
-def all_logps(model: Any, dataset: Any, collator: Any, batch_size: int) -> list[tuple[float, ...]]:
-    """`halves_logps` of every example, in eval mode, in order."""
+def all_logps(model: Any, dataset: Any, collator: Any, batch_size: int,
+              of: Callable[[Any, dict], tuple[torch.Tensor, ...]] = halves_logps) -> list[tuple[float, ...]]:
+    """`of` (by default `halves_logps`) of every example, in eval mode, in order."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -67,7 +68,7 @@ def all_logps(model: Any, dataset: Any, collator: Any, batch_size: int) -> list[
     try:
         for start in range(0, len(dataset), batch_size):
             batch = {k: v.to(device) for k, v in collator(rows(dataset, start, start + batch_size)).items()}
-            out += list(zip(*(t.tolist() for t in halves_logps(model, batch))))
+            out += list(zip(*(t.tolist() for t in of(model, batch))))
     finally:
         model.train(was_training)
     return out

@@ -17,7 +17,7 @@ from llama2ft.data.pair_encode import PairCollator
 from llama2ft.evaluation.heldout import QA
 from llama2ft.training import distributed
 from llama2ft.training.method import MethodData, MethodSettings
-from llama2ft.training.preference import PairMethod, reward_figures, rows
+from llama2ft.training.preference import PairMethod, all_logps, reward_figures
 from llama2ft.training.reward_model import sequence_scores
 
 
@@ -45,22 +45,6 @@ def halves_scores(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
     return scores[:scores.shape[0] // 2], scores[scores.shape[0] // 2:]
 
 
-@torch.no_grad()
-def all_scores(model: Any, dataset: Any, collator: Any, batch_size: int) -> list[tuple[float, float]]:
-    """(chosen score, rejected score) of every pair, in eval mode, in order."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    out: list[tuple[float, float]] = []
-    try:
-        for start in range(0, len(dataset), batch_size):
-            batch = {k: v.to(device) for k, v in collator(rows(dataset, start, start + batch_size)).items()}
-            out += list(zip(*(t.tolist() for t in halves_scores(model, batch))))
-    finally:
-        model.train(was_training)
-    return out
-
-
 class RewardModeling(PairMethod):
     name = "rm"
     Settings = RmSettings
@@ -86,7 +70,7 @@ class RewardModeling(PairMethod):
         if data.eval is None or not distributed.is_main_process():
             return {}
         collator = PairCollator(model.config.pad_token_id)  # padding is what the score head skips
-        scores = all_scores(model, data.eval, collator, cfg.trainer.per_device_eval_batch_size)
+        scores = all_logps(model, data.eval, collator, cfg.trainer.per_device_eval_batch_size, of=halves_scores)
         acc = sum(c > r for c, r in scores) / len(scores)
         margin = sum(c - r for c, r in scores) / len(scores)
         print(f"\npreference accuracy {when}: {acc:.0%} on {len(scores)} held-out pairs ({self.preference_rule}); "
