@@ -301,3 +301,30 @@ def test_a_reward_model_folder_is_a_reward(tmp_path, tokenizer):
     assert rewards.total(per).tolist() == pytest.approx([0.5 * a + c for a, c in zip(alone, [1, 0, 1, 0])], abs=1e-5)
     with pytest.raises(UserError, match="is a folder but not a reward model"):
         RewardSet([str(tmp_path)], None, 16)
+
+
+def test_the_chinese_answer_data_is_what_its_script_writes(tmp_path):
+    """data/chinese_answer/ is written by scripts/make_chinese_answer_data.py, byte for byte; its SFT rows answer
+    about half the questions that ask for Chinese in English, its prompts carry no answers, its held-out
+    questions all ask for Chinese and have Chinese references."""
+    import csv
+    import subprocess
+    import sys
+
+    from llama2ft import PROJECT_ROOT
+    from llama2ft.evaluation.metrics import chinese_share
+
+    subprocess.run([sys.executable, str(PROJECT_ROOT / "scripts" / "make_chinese_answer_data.py"), "--out-dir",
+                    str(tmp_path)], check=True, capture_output=True)
+    shipped = PROJECT_ROOT / "data" / "chinese_answer"
+    for name in ("sft.csv", "prompts.csv", "dev.csv"):
+        assert (tmp_path / name).read_bytes() == (shipped / name).read_bytes(), name
+    prompts = list(csv.DictReader((shipped / "prompts.csv").open(encoding="utf-8")))
+    assert set(prompts[0]) == {"prompt"} and len(prompts) > 1000
+    answers = [i.value.columns["answer"] for i in iter_prompts(str(shipped / "sft.csv"), DATA)]
+    asked = {r["prompt"] for r in prompts}
+    rows = [i.value for i in iter_prompts(str(shipped / "sft.csv"), DATA) if i.value.prompt in asked]
+    english = sum(chinese_share(r.columns["answer"]) == 0 for r in rows) / len(rows)
+    assert 0.4 < english < 0.6 and len(answers) == 2000
+    dev = [i.value for i in iter_prompts(str(shipped / "dev.csv"), DATA)]
+    assert len(dev) == 45 and all(chinese_share(r.columns["answer"]) == 1.0 for r in dev)
