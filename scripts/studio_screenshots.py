@@ -1,9 +1,11 @@
 """Screenshots of llama2ft-studio for the README (docs/images/studio_*.png), taken in headless chromium while
 driving the flow of tests/test_studio_browser.py on the embedded default: compose with few steps and preview the
 data, launch and watch (held mid-way), stop, resume, finish, merge, a second run, both overlaid, and a small
-sweep's summary. Needs Debian's chromium and chromedriver; a few minutes on 2 CPU cores.
+sweep's summary. With `--grpo-run DIR` (a finished method=grpo run, e.g. the README's Chinese-answer run) also
+the Run tab of that run: its reward curves and its record (`--only-grpo`: that picture alone). Needs Debian's
+chromium and chromedriver; a few minutes on 2 CPU cores.
 
-    .venv/bin/python scripts/studio_screenshots.py [--out docs/images]
+    .venv/bin/python scripts/studio_screenshots.py [--out docs/images] [--grpo-run DIR [--only-grpo]]
 """
 from __future__ import annotations
 
@@ -54,15 +56,41 @@ def shoot(page: Page, out: Path, name: str, height: int) -> None:
     print(f"wrote {out / name}", flush=True)
 
 
+def shoot_grpo(page: Page, out: Path) -> None:
+    """The Run tab of the GRPO run linked as runs_dir/grpo: reward curves, the answers it sampled, provenance."""
+    page.open()
+    page.tab("Run")
+    page.box("run-select").click()
+    page.find("#run-select li[aria-label='grpo']")[0].click()
+    page.wait(lambda: page.find("#curves g[id^='curve-reward']") and "answers sampled" in page.text("run-record"), 60)
+    shoot(page, out, "studio_grpo.png", 1900)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
     parser.add_argument("--port", type=int, default=7899)
+    parser.add_argument("--grpo-run", type=Path, help="a finished method=grpo run to show on the Run tab")
+    parser.add_argument("--only-grpo", action="store_true", help="only the GRPO run's picture")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="studio-shots-"))
     runs_dir, pauses = work / "runs", work / "pauses"
     pauses.mkdir(parents=True)
+    runs_dir.mkdir()
+    if args.grpo_run:
+        os.symlink(args.grpo_run.resolve(), runs_dir / "grpo")
+    if args.only_grpo:
+        studio = start_studio(runs_dir, pauses, args.port)
+        page = Page(f"http://127.0.0.1:{args.port}/", height=1100)
+        try:
+            page.wait(lambda: page.driver.get(page.url) or page.find("#problems"), 120)
+            shoot_grpo(page, args.out)
+        finally:
+            page.driver.quit()
+            studio.terminate()
+            studio.wait(120)
+        return
     # a small sweep to show beside the runs
     subprocess.run([sys.executable, "-m", "llama2ft.train", "-m", "experiment=tiny_smoke", "trainer.max_steps=30",
                     "trainer.learning_rate=5e-4,2e-3,8e-3", f"hydra.sweep.dir={runs_dir}/sweeps/lr"], cwd=ROOT,
@@ -100,6 +128,8 @@ def main() -> None:
         page.find("#sweep-select li[aria-label='sweeps/lr']")[0].click()
         page.wait(lambda: len(page.find("#sweep-chart [id^='objective-bar']")) == 3, 60)
         shoot(page, args.out, "studio_runs.png", 1850)
+        if args.grpo_run:
+            shoot_grpo(page, args.out)
     finally:
         page.driver.quit()
         studio.terminate()

@@ -183,6 +183,28 @@ def test_the_smoke_run_logged_its_steps_and_the_charts_draw_them(smoke_run):
                                                                 "rewards/margins"]
 
 
+def test_a_runs_record_shows_what_made_it_and_the_answers_grpo_sampled_last(smoke_run, tmp_path):
+    """The Run tab's record: provenance.json's commit, packages, hardware and each data file's fingerprint and
+    rows; for a GRPO run, the answers of its last logged step with their rewards."""
+    import hashlib
+
+    from llama2ft.ui.record import record_html
+
+    shown = record_html(smoke_run.path)
+    train = PROJECT_ROOT / "data" / "sample" / "train.csv"
+    assert hashlib.sha256(train.read_bytes()).hexdigest()[:16] in shown and "<td>2000</td>" in shown
+    assert "status</b> completed" in shown and "torch 2." in shown and "experiment=tiny_smoke" in shown
+    assert "answers sampled" not in shown  # an SFT run samples nothing
+    grpo = RunDir(tmp_path)
+    for step, answer, reward in ((5, "四", 0.0), (10, "九百零三", 1.0), (10, "九百零二", 0.0)):
+        with grpo.completions.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, "prompt": "请用中文写出数字 903。", "completion": answer,
+                                "rewards": {"exact_match": reward}, "advantage": reward - 0.5}) + "\n")
+    shown = record_html(tmp_path)
+    assert "answers sampled at step 10" in shown and "九百零三" in shown and "四<" not in shown
+    assert "exact_match 1.0" in shown and "no provenance.json" in shown
+
+
 def test_runs_and_sweeps_are_found_and_tabled(smoke_run, tmp_path):
     (tmp_path / "train").mkdir()
     os.symlink(smoke_run.path, tmp_path / "train" / "smoke")

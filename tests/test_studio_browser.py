@@ -116,6 +116,8 @@ def test_compose_preview_launch_watch_stop_resume_finish_merge(studio, page):
     page.wait(lambda: page.points("curves", "curve-train-loss") == 8, 10)
     assert page.points("curves", "curve-eval-loss") == 3  # 10, 30, 40: at the stop the checkpoint has the time
     assert run.read_metrics()["steps_this_run"] == 20
+    page.wait(lambda: "status completed" in page.text("run-record"), 10)  # what made it: provenance.json
+    assert run.read_provenance()["data"][0]["sha256"][:16] in page.text("run-record")
 
     # merge the finished run: the page shows the command and the merged folder
     page.click("action-merge")

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import gradio as gr
 
 from llama2ft.model.run_folder import RunDir
-from llama2ft.ui import actions, curves, runs
+from llama2ft.ui import actions, curves, record, runs
 from llama2ft.ui.workspace import Workspace
 from llama2ft.training.sweeps import COLUMNS, collect
 
@@ -53,6 +53,8 @@ def build_run_tab(ws: Workspace) -> dict[str, Any]:
         chart = gr.HTML(elem_id="curves")
         log = gr.Textbox(label="output (tail)", lines=LOG_LINES, max_lines=LOG_LINES, interactive=False,
                          elem_id="run-log")
+        with gr.Accordion("Record: what made the run (provenance.json), the answers GRPO sampled last", open=True):
+            made = gr.HTML(elem_id="run-record")
         with gr.Accordion("From a finished run: chat, merge, export, evaluate", open=True):
             with gr.Row():
                 chat_btn = gr.Button("Chat (llama2ft-web)", elem_id="action-chat")
@@ -74,7 +76,7 @@ def build_run_tab(ws: Workspace) -> dict[str, Any]:
     def tick(label: Optional[str], last: dict) -> list[Any]:
         folder = folder_of(label)
         if folder is None or not folder.is_dir():
-            return ["", "", "", "", "", "", "", last]
+            return ["", "", "", "", "", "", "", "", last]
         running, job = ws.running(folder), ws.job_of(folder)
         prog = runs.progress(folder, running, job.started if job else None).text()
         prog += " · " + runs.status(folder, running)
@@ -83,18 +85,19 @@ def build_run_tab(ws: Workspace) -> dict[str, Any]:
         key = (label, _log_key(folder))
         svg = gr.skip() if last.get("chart") == key else run_chart(folder)
         out = job.output(LOG_LINES) if job is not None else _tail(folder, LOG_LINES)
+        made_html = gr.skip() if last.get("chart") == key else record.record_html(folder)  # both grow with the log
         action, act = ws.action_of(folder)
         if act is None:
-            return [prog, ws.command_of(folder), svg, out, "", "", "", {"chart": key}]
+            return [prog, ws.command_of(folder), svg, out, made_html, "", "", "", {"chart": key}]
         url = actions.chat_url(act.output()) if action == "chat" and act.running else None
         if url:
             done = f'<p>chat with it: <a href="{url}" target="_blank">{url}</a> (Stop ends the chat)</p>'
         else:
             done = actions.result_html(action, act.folder) if act.returncode == 0 else ""
-        return [prog, ws.command_of(folder), svg, out, act.shown(), f"{act.output(30)}\n[{act.status()}]", done,
-                {"chart": key}]
+        return [prog, ws.command_of(folder), svg, out, made_html, act.shown(), f"{act.output(30)}\n[{act.status()}]",
+                done, {"chart": key}]
 
-    outputs = [progress, command, chart, log, action_cmd, action_log, result, seen]
+    outputs = [progress, command, chart, log, made, action_cmd, action_log, result, seen]
     timer.tick(tick, [select, seen], outputs, show_progress="hidden")
     select.change(lambda label: tick(label, {}), [select], outputs, show_progress="hidden")
     stop.click(lambda label: ws.stop(folder_of(label)) if label else "choose a run", [select], [message])
