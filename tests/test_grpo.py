@@ -328,3 +328,35 @@ def test_the_chinese_answer_data_is_what_its_script_writes(tmp_path):
     assert 0.4 < english < 0.6 and len(answers) == 2000
     dev = [i.value for i in iter_prompts(str(shipped / "dev.csv"), DATA)]
     assert len(dev) == 45 and all(chinese_share(r.columns["answer"]) == 1.0 for r in dev)
+
+
+@pytest.mark.slow
+def test_the_chinese_answer_reward_alone_raises_the_chinese_answer_rate(learned_run, tmp_path):
+    """Prompts only (no answers) and `chinese_answer`: GRPO moves a model's answers to Chinese. Here the questions
+    whose right answer is Arabic digits (the learned run answers them with digits, no letters: 0% Chinese), so
+    the reward pulls against what the model learned; llama2ft-eval measures the rate before and after."""
+    import csv
+
+    from llama2ft import PROJECT_ROOT
+
+    rows = [i.value for i in iter_prompts(str(PROJECT_ROOT / "data" / "sample" / "train.csv"), DATA)]
+    asked = [r.prompt for r in rows if "阿拉伯" in r.prompt and len(r.turns) == 1]
+    prompts, held = tmp_path / "prompts.csv", tmp_path / "held.csv"
+    for path, values in ((prompts, asked[:-16]), (held, asked[-16:])):
+        with path.open("w", encoding="utf-8", newline="") as f:
+            csv.writer(f).writerows([["prompt"], *[[v] for v in values]])
+    run = tmp_path / "grpo"
+    train_ok(run, "method=grpo", f"init_from={learned_run.path}", f"data.train_file={prompts}",
+             f"data.eval_file={held}", "method.rewards=[chinese_answer]", "trainer.max_steps=20",
+             "trainer.learning_rate=3e-4", "trainer.eval_steps=1000", "method.max_new_tokens=12",
+             "method.temperature=1.0", "sample_eval.enabled=false")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["reward/chinese_answer_before"] < 0.2 and metrics["reward/chinese_answer_after"] > 0.6
+    questions = tmp_path / "q.csv"
+    questions.write_text("question\n" + "\n".join(asked[-16:]) + "\n", encoding="utf-8")
+    res = run_app("eval", f"models=[{{name:start,run:{learned_run.path}}},{{name:grpo,run:{run}}}]",
+                  f"questions={questions}", f"output={tmp_path / 'eval'}", "max_new_tokens=12")
+    assert res.returncode == 0, res.stderr[-2000:]
+    rates = {m: s["overall"]["chinese_answer_rate"]
+             for m, s in json.loads((tmp_path / "eval" / "metrics.json").read_text())["models"].items()}
+    assert rates["start"] < 0.2 and rates["grpo"] > 0.6, rates
