@@ -162,7 +162,7 @@ def test_grpo_settings_are_checked_with_every_other_problem():
 
 
 # ---------------------------------------------------------------- a run
-GRPO = ["method=grpo", "trainer.max_steps=6", "trainer.save_steps=3", "trainer.eval_steps=3",
+GRPO = ["method=grpo", "trainer.max_steps=6", "trainer.save_steps=3", "trainer.eval_steps=1000",
         "trainer.logging_steps=3", "trainer.per_device_train_batch_size=4", "method.num_generations=4",
         "method.max_new_tokens=12", "trainer.save_total_limit=null", "sample_eval.max_questions=16"]
 
