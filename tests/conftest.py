@@ -303,6 +303,19 @@ def smoke_run(tmp_path_factory) -> TrainedRun:
     return TrainedRun(run, train_ok(run, "experiment=tiny_smoke", env=offline_env(tmp_path_factory.getbasetemp())))
 
 
+# A run that the kill, stop and resume tests interrupt and resume (each checkpoint replaces the last once complete)
+INTERRUPTIBLE = ["experiment=tiny_smoke", "trainer.max_steps=30", "trainer.save_steps=10", "trainer.eval_steps=1000",
+                 "trainer.save_total_limit=1"]
+
+
+@pytest.fixture(scope="session")
+def straight_run(tmp_path_factory) -> Path:
+    """INTERRUPTIBLE run without interruption, trained once per session: what a resumed run must end with."""
+    run = tmp_path_factory.mktemp("straight") / "run"
+    train_ok(run, *INTERRUPTIBLE, env=offline_env(tmp_path_factory.getbasetemp()))
+    return run
+
+
 def start_app(module: str, *args: str, ready_path: str = "/") -> tuple[subprocess.Popen, str]:
     """Start `python -m llama2ft.<module> args... port=<free>` and wait until it answers HTTP on
     127.0.0.1; returns the process and its base URL (no trailing slash)."""
@@ -336,4 +349,4 @@ def free_port() -> int:
 
 
 __all__ = ["compose", "run_cli", "run_app", "train_ok", "offline_env", "shared_file", "free_port", "start_app",
-           "AppResult", "TrainedRun", "SHARED_DATA", "llama2ft"]
+           "AppResult", "TrainedRun", "SHARED_DATA", "INTERRUPTIBLE", "llama2ft"]

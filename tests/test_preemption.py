@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_app, train_ok
+from conftest import INTERRUPTIBLE, run_app, train_ok
 from fault_points import finished, pause_env, popen, release, signal_when_paused, wait_paused
 from llama2ft.model.run_folder import RunDir
 from llama2ft.training.checkpoints import problem, rotate
@@ -17,15 +17,13 @@ from llama2ft.training.preemption import INTERRUPTED_EXIT
 from test_train_e2e import SMOKE, assert_same_adapter
 
 # save_total_limit=1: each new checkpoint replaces the last one, only once it is complete
-COMMON = [*SMOKE, "trainer.max_steps=30", "trainer.save_steps=10", "trainer.eval_steps=1000",
-          "trainer.save_total_limit=1"]
+COMMON = INTERRUPTIBLE
 RECORD = RunDir.CHECKPOINT_COMPLETE
 
 
 @pytest.mark.slow
-def test_sigterm_stops_with_a_checkpoint_and_the_same_command_finishes_the_same_run(tmp_path):
-    straight, run, pauses = tmp_path / "straight", RunDir(tmp_path / "run"), tmp_path / "pauses"
-    train_ok(straight, *COMMON)
+def test_sigterm_stops_with_a_checkpoint_and_the_same_command_finishes_the_same_run(straight_run, tmp_path):
+    straight, run, pauses = straight_run, RunDir(tmp_path / "run"), tmp_path / "pauses"
 
     # 1. a process of its own gets SIGTERM during step 15 (between the checkpoints 10 and 20)
     proc = popen(["llama2ft.train", *COMMON, f"hydra.run.dir={run.path}"], pause_env(pauses, "step-15", "record-15"),
