@@ -2,6 +2,7 @@
 for the console scripts that keeps every cache inside the test's temp folder."""
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import subprocess
@@ -34,6 +35,22 @@ def offline_env(basetemp: Path) -> dict[str, str]:
 def _offline_env(tmp_path_factory, monkeypatch):
     for key, value in offline_env(tmp_path_factory.getbasetemp()).items():
         monkeypatch.setenv(key, value)
+
+
+_MODULES_AT_FREEZE = [0]
+
+
+@pytest.fixture(autouse=True)
+def _imports_out_of_gc() -> None:
+    """Every full garbage collection walks every object: after torch, transformers, peft and gradio are imported
+    that is over 600k objects, ~0.3 s a walk (the Trainer runs one per training, Python more as the heap grows:
+    ~10% of the CPU of tests that train in this process). Once a test has imported a batch of new modules, what
+    is alive is moved to gc's permanent generation, which later collections skip (gc.freeze; collected first, so
+    no garbage is kept). Measured on 168 tests: 8.5 s of full collections became 2.1 s."""
+    if len(sys.modules) > _MODULES_AT_FREEZE[0] + 100:
+        gc.collect()
+        gc.freeze()
+        _MODULES_AT_FREEZE[0] = len(sys.modules)
 
 
 @contextmanager
