@@ -22,12 +22,13 @@ RECORD = RunDir.CHECKPOINT_COMPLETE
 
 
 @pytest.mark.slow
-def test_sigterm_stops_with_a_checkpoint_and_the_same_command_finishes_the_same_run(straight_run, tmp_path):
-    straight, run, pauses = straight_run, RunDir(tmp_path / "run"), tmp_path / "pauses"
+def test_sigterm_stops_with_a_checkpoint_and_the_same_command_finishes_the_same_run(request, tmp_path):
+    run, pauses = RunDir(tmp_path / "run"), tmp_path / "pauses"
 
     # 1. a process of its own gets SIGTERM during step 15 (between the checkpoints 10 and 20)
     proc = popen(["llama2ft.train", *COMMON, f"hydra.run.dir={run.path}"], pause_env(pauses, "step-15", "record-15"),
                  tmp_path / "first")
+    straight = request.getfixturevalue("straight_run")  # trained here (if not yet) while that process starts
     pid = wait_paused(pauses, "step-15", proc)
     proc.send_signal(signal.SIGTERM)
     release(pauses, "step-15")
