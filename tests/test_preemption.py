@@ -161,16 +161,16 @@ def test_a_sweep_stopped_by_sigterm_says_so_and_the_same_command_resumes_it(tmp_
     from test_sweep import summary
 
     sweep_dir, pauses = tmp_path / "sweep", tmp_path / "pauses"
-    args = ["-m", *SMOKE, "trainer.max_steps=20", "trainer.save_steps=10", "trainer.eval_steps=1000", "lora=r8,r16",
+    args = ["-m", *SMOKE, "trainer.max_steps=6", "trainer.save_steps=3", "trainer.eval_steps=1000", "lora=r8,r16",
             f"hydra.sweep.dir={sweep_dir}"]
-    sender = signal_when_paused(pauses, "step-15", signal.SIGTERM)
-    res = run_app("train", *args, env=pause_env(pauses, "step-15"))
+    sender = signal_when_paused(pauses, "step-5", signal.SIGTERM)  # between the checkpoints 3 and 6
+    res = run_app("train", *args, env=pause_env(pauses, "step-5"))
     sender.join()
     assert res.returncode == INTERRUPTED_EXIT, res.stderr[-3000:]
-    assert [r["status"] for r in summary(sweep_dir)] == ["interrupted at step 15"]
+    assert [r["status"] for r in summary(sweep_dir)] == ["interrupted at step 5"]
     assert not (sweep_dir / "1").exists()
 
     res = run_app("train", *args)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert f"resuming from {RunDir(sweep_dir / '0').checkpoint(15)}" in res.stdout
+    assert f"resuming from {RunDir(sweep_dir / '0').checkpoint(5)}" in res.stdout
     assert [r["status"] for r in summary(sweep_dir)] == ["completed", "completed"]
