@@ -341,13 +341,13 @@ def start_app(module: str, *args: str, ready_path: str = "/") -> tuple[subproces
     return proc, url
 
 
-def launch_app(module: str, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+def launch_app(module: str, *args: str) -> tuple[subprocess.Popen, str]:
     """`start_app` without the wait: servers launched one after the other start side by side (each start is
-    seconds of imports on one core); `wait_up` each before use. `env`: added to this process's environment."""
+    seconds of imports on one core); `wait_up` each before use."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", f"llama2ft.{module}", *args, f"port={port}"], cwd=str(PROJECT_ROOT),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})})
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     return proc, f"http://127.0.0.1:{port}"
 
 

@@ -8,13 +8,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import free_port, launch_app, wait_up
+from conftest import free_port, start_app
 from fault_points import pause_env, release, wait_paused
 from llama2ft import PROJECT_ROOT
 
@@ -48,27 +46,14 @@ def ends_with_0(proc: subprocess.Popen, within: float) -> str:
     return out
 
 
-@pytest.fixture(scope="module")
-def servers(learned_run, tmp_path_factory) -> Iterator[dict[str, tuple[subprocess.Popen, str, Path]]]:
-    """The API and the web chat, launched at once (each start is seconds of imports on one core), each with
-    its pause folder: the `stream` point holds every first answer in flight. Each test waits for its own."""
-    args = {"serve": ["temperature=0", "max_new_tokens=24"], "web": []}
-    out = {}
-    for name, extra in args.items():
-        pauses = tmp_path_factory.mktemp(f"pauses-{name}")
-        proc, url = launch_app(name, f"run={learned_run.path}", *extra, "drain_seconds=60",
-                               env=pause_env(pauses, "stream"))
-        out[name] = (proc, url, pauses)
-    yield out
-    for proc, _, _ in out.values():
-        proc.kill()
-
-
-def test_serve_drains_a_stream_in_flight(servers):
+def test_serve_drains_a_stream_in_flight(learned_run, tmp_path, monkeypatch):
     from openai import OpenAI
 
-    proc, url, pauses = servers["serve"]
-    wait_up(proc, url, "/health")
+    pauses = tmp_path / "pauses"
+    for key, value in pause_env(pauses, "stream").items():
+        monkeypatch.setenv(key, value)
+    proc, url = start_app("serve", f"run={learned_run.path}", "temperature=0", "max_new_tokens=24", "drain_seconds=60",
+                          ready_path="/health")
     try:
         client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
         messages = [{"role": "user", "content": QUESTION}]
@@ -105,11 +90,13 @@ def test_serve_drains_a_stream_in_flight(servers):
         proc.kill()
 
 
-def test_web_drains_an_answer_in_flight(servers):
+def test_web_drains_an_answer_in_flight(learned_run, tmp_path, monkeypatch):
     from gradio_client import Client
 
-    proc, url, pauses = servers["web"]
-    wait_up(proc, url)
+    pauses = tmp_path / "pauses"
+    for key, value in pause_env(pauses, "stream").items():
+        monkeypatch.setenv(key, value)
+    proc, url = start_app("web", f"run={learned_run.path}", "drain_seconds=60")
     try:
         reference = Client(url + "/", verbose=False).submit(QUESTION, *SETTINGS, api_name="/chat")
         wait_paused(pauses, "stream")
