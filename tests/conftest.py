@@ -336,38 +336,27 @@ def straight_run(tmp_path_factory) -> Path:
 def start_app(module: str, *args: str, ready_path: str = "/") -> tuple[subprocess.Popen, str]:
     """Start `python -m llama2ft.<module> args... port=<free>` and wait until it answers HTTP on
     127.0.0.1; returns the process and its base URL (no trailing slash)."""
-    proc, url = launch_app(module, *args)
-    wait_up(proc, url, ready_path)
-    return proc, url
-
-
-def launch_app(module: str, *args: str) -> tuple[subprocess.Popen, str]:
-    """`start_app` without the wait: servers launched one after the other start side by side (each start is
-    seconds of imports on one core); `wait_up` each before use."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", f"llama2ft.{module}", *args, f"port={port}"], cwd=str(PROJECT_ROOT),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def wait_up(proc: subprocess.Popen, url: str, ready_path: str = "/") -> None:
     import time
 
     import httpx
 
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", f"llama2ft.{module}", *args, f"port={port}"], cwd=str(PROJECT_ROOT),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"{proc.args[2]} exited: {proc.stderr.read()[-3000:]}")
+            raise AssertionError(f"llama2ft.{module} exited: {proc.stderr.read()[-3000:]}")
         try:
             if httpx.get(url + ready_path, timeout=1).status_code < 500:
-                return
+                return proc, url
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
     proc.kill()
-    raise AssertionError(f"{proc.args[2]} did not come up in 120 s")
+    raise AssertionError(f"llama2ft.{module} did not come up in 120 s")
 
 
 def free_port() -> int:
@@ -377,4 +366,4 @@ def free_port() -> int:
 
 
 __all__ = ["compose", "run_cli", "run_app", "train_ok", "offline_env", "shared_file", "free_port", "start_app",
-           "launch_app", "wait_up", "AppResult", "TrainedRun", "SHARED_DATA", "INTERRUPTIBLE", "llama2ft"]
+           "AppResult", "TrainedRun", "SHARED_DATA", "INTERRUPTIBLE", "llama2ft"]

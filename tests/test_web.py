@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from conftest import launch_app, wait_up
+from conftest import start_app
 from llama2ft import PROJECT_ROOT
 from llama2ft.serving.network import is_loopback
 from llama2ft.serving.web_app import parse_auth
@@ -24,34 +24,38 @@ CHROMEDRIVER = shutil.which("chromedriver")
 SETTINGS = ("", 0.0, 0.95, 50, 1.3, 16)  # system, temperature, top_p, top_k, repetition_penalty, max_new_tokens
 
 
+def start_web(*args: str) -> tuple[subprocess.Popen, str]:
+    proc, url = start_app("web", *args)
+    return proc, url + "/"
+
+
+def stop(proc: subprocess.Popen) -> str:
+    proc.terminate()
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return err
+
+
 @pytest.fixture(scope="module")
-def servers(learned_run) -> Iterator[dict[str, tuple[subprocess.Popen, str]]]:
-    """The module's two servers, launched at once (each start is seconds of imports on one core): "open"
-    listens on 0.0.0.0 with no auth, so its start also shows the warning an exposed chat gives; "login" has
-    auth=alice:s3cret. Each is waited for where it is used."""
+def web_server(learned_run) -> Iterator[tuple[str, list[str]]]:
+    """The module's server and what it has printed on stderr so far. It listens on 0.0.0.0 with no auth, so the
+    same start also shows the warning an exposed chat gives (one server start less for these tests)."""
     # greedy by default: the browser sends the page's settings, and the 400-step model sampled at the
     # community's temperature 0.3 answers 680 with "六百八十零" about one time in eight
-    procs = {"open": launch_app("web", f"run={learned_run.path}", "temperature=0", "host=0.0.0.0"),
-             "login": launch_app("web", f"run={learned_run.path}", "auth=alice:s3cret")}
-    yield procs
-    for proc, _ in procs.values():  # the open one's stderr has a reader of its own: no communicate()
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture(scope="module")
-def web_server(servers) -> tuple[str, list[str]]:
-    """The open server's URL and what it has printed on stderr so far."""
-    proc, url = servers["open"]
-    wait_up(proc, url)
+    proc, url = start_web(f"run={learned_run.path}", "temperature=0", "host=0.0.0.0")
     stderr: list[str] = []
     reader = threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True)  # keeps the pipe from filling
     reader.start()
-    return url + "/", stderr
+    yield url, stderr
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -88,19 +92,20 @@ def test_answers_stream_and_sessions_stay_apart(web):
 
 
 @pytest.mark.slow
-def test_login_is_required_with_auth(servers):
+def test_login_is_required_with_auth(learned_run):
     from gradio_client import Client
 
-    proc, url = servers["login"]
-    wait_up(proc, url)
-    url += "/"
-    with pytest.raises(Exception):
-        Client(url, verbose=False)  # no credentials: the app is not reachable
-    with pytest.raises(Exception):
-        Client(url, auth=("alice", "wrong"), verbose=False)
-    answer = Client(url, auth=("alice", "s3cret"), verbose=False).predict("数字 680 的中文读法是什么？", *SETTINGS,
-                                                                        api_name="/chat")
-    assert answer == "六百八十"
+    proc, url = start_web(f"run={learned_run.path}", "auth=alice:s3cret")
+    try:
+        with pytest.raises(Exception):
+            Client(url, verbose=False)  # no credentials: the app is not reachable
+        with pytest.raises(Exception):
+            Client(url, auth=("alice", "wrong"), verbose=False)
+        answer = Client(url, auth=("alice", "s3cret"), verbose=False).predict("数字 680 的中文读法是什么？", *SETTINGS,
+                                                                            api_name="/chat")
+        assert answer == "六百八十"
+    finally:
+        stop(proc)
 
 
 @pytest.mark.slow
