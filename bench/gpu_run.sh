@@ -46,8 +46,9 @@ else  # the dry run: same code paths, tiny shapes
   SHAPE=tiny SEQ=256 STEPS=2 CHECKS="--device cpu --preset quick" TRAIN_DEV="trainer.use_cpu=true"
   BENCH="--device cpu --quick --samples 12"
 fi
-$PY -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, \
-'peft', peft.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$LOG"
+# versions from the installed metadata: importing transformers and peft (bitsandbytes) only to print them took ~5 s
+$PY -c "import torch; from importlib.metadata import version as v; print('torch', torch.__version__, 'transformers', \
+v('transformers'), 'peft', v('peft'), 'cuda', torch.cuda.is_available())" | tee -a "$LOG"
 START=$SECONDS
 declare -A RC
 

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import itertools
+import multiprocessing
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from typing import Optional
 
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from conftest import compose, composer, run_app
+from conftest import APP_THREADS, compose, composer, run_app
 from llama2ft import CONFIG_DIR
 from llama2ft.config.validation import collect_problems, validate
 from llama2ft.core.errors import ConfigError
@@ -34,26 +38,49 @@ def _check_combination(make, groups: list[str], combo: tuple[str, ...]) -> None:
         overrides.append("data.train_file=/x.csv")
     cfg = make(overrides)
     chosen = dict(zip(groups, combo))
-    assert cfg.lora.enabled == (chosen["lora"] != "full")
-    assert cfg.quant.mode == chosen["quant"]
+    assert cfg.lora.enabled == (chosen["lora"] != "full"), overrides
+    assert cfg.quant.mode == chosen["quant"], overrides
     problems = collect_problems(cfg)
     impossible = chosen["lora"] == "full" and chosen["quant"] != "none"
     assert any("lora=full" in p for p in problems) == impossible, (overrides, problems)
 
 
-def test_every_training_group_combination_composes():
+def check_combinations(groups: list[str], combos: list[tuple[str, ...]]) -> None:
+    """`_check_combination` of each combo under one Hydra initialisation (also in the second process)."""
+    with composer() as make:
+        for combo in combos:
+            _check_combination(make, groups, combo)
+
+
+@pytest.fixture(scope="module")
+def second_process() -> Iterator[Optional[ProcessPoolExecutor]]:
+    """A second Python process for this module's composes: a compose is ~0.1 s of pure Python on one core, so
+    with a second core two processes check the hundreds of combinations in about half the time. None with
+    LLAMA2FT_TEST_THREADS=1 (a machine shared with other jobs: no core to spare, the process only costs)."""
+    if APP_THREADS < 2:
+        yield None
+        return
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
+def check_every_combination(pool: Optional[ProcessPoolExecutor], groups: list[str]) -> None:
+    combos = list(itertools.product(*(options(g) for g in groups)))
+    if pool is None:
+        check_combinations(groups, combos)
+        return
+    other = pool.submit(check_combinations, groups, combos[1::2])
+    check_combinations(groups, combos[::2])
+    other.result()  # its AssertionError, if any, is raised here
+
+
+def test_every_training_group_combination_composes(second_process):
     # every lora x quant x data x template x logger combination (on the default model)
-    groups = ["lora", "quant", "data", "template", "logger"]
-    with composer() as make:
-        for combo in itertools.product(*(options(g) for g in groups)):
-            _check_combination(make, groups, combo)
+    check_every_combination(second_process, ["lora", "quant", "data", "template", "logger"])
 
 
-def test_every_model_with_every_adapter_and_quantization_composes():
-    groups = ["model", "lora", "quant"]
-    with composer() as make:
-        for combo in itertools.product(*(options(g) for g in groups)):
-            _check_combination(make, groups, combo)
+def test_every_model_with_every_adapter_and_quantization_composes(second_process):
+    check_every_combination(second_process, ["model", "lora", "quant"])
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))

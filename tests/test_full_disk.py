@@ -23,7 +23,7 @@ from llama2ft.training.checkpoints import problem
 from test_train_e2e import SMOKE
 
 pytestmark = pytest.mark.slow
-COMMON = [*SMOKE, "trainer.max_steps=20", "trainer.save_steps=10", "trainer.eval_steps=1000",
+COMMON = [*SMOKE, "trainer.max_steps=4", "trainer.save_steps=2", "trainer.eval_steps=1000",
           "trainer.save_total_limit=1"]
 DISK_MB = 40  # the run folder is ~15 MB: base model 5 MB, a checkpoint 7.4 MB, the adapter 2.5 MB
 
@@ -92,13 +92,13 @@ def test_a_full_disk_ends_the_run_with_one_error_and_keeps_the_last_complete_che
     run, pauses = RunDir(small_disk / "run"), tmp_path / "pauses"
     args = [*COMMON, f"hydra.run.dir={run.path}"]
 
-    # 1. the disk fills while checkpoint-20 is written (torch.save: "file write failed")
-    filler = fill_when_paused(pauses, "save-checkpoint-20", small_disk)
-    res = run_app("train", *args, env=pause_env(pauses, "save-checkpoint-20"))
+    # 1. the disk fills while checkpoint-4 is written (torch.save: "file write failed")
+    filler = fill_when_paused(pauses, "save-checkpoint-4", small_disk)
+    res = run_app("train", *args, env=pause_env(pauses, "save-checkpoint-4"))
     filler.join()
     one_error(res, f"the disk of {run.path} is full: saving a checkpoint failed",
-              f"{run.checkpoint(10)}, is kept", "run the same command again")
-    unfinished(run, 10)
+              f"{run.checkpoint(2)}, is kept", "run the same command again")
+    unfinished(run, 2)
 
     # 2. room again; the disk fills while the final adapter is written
     for f in small_disk.glob("filler-*"):
@@ -106,9 +106,9 @@ def test_a_full_disk_ends_the_run_with_one_error_and_keeps_the_last_complete_che
     filler = fill_when_paused(pauses, "save-adapter", small_disk)
     res = run_app("train", *args, env=pause_env(pauses, "save-adapter"))
     filler.join()
-    assert f"resuming from {run.checkpoint(10)}" in res.stdout
-    one_error(res, f"the disk of {run.path} is full: saving {run.adapter} failed", f"{run.checkpoint(20)}, is kept")
-    unfinished(run, 20)
+    assert f"resuming from {run.checkpoint(2)}" in res.stdout
+    one_error(res, f"the disk of {run.path} is full: saving {run.adapter} failed", f"{run.checkpoint(4)}, is kept")
+    unfinished(run, 4)
 
     # 3. 1 MiB free: the check before the final save stops it before anything is written
     for f in small_disk.glob("filler-*"):
@@ -116,7 +116,7 @@ def test_a_full_disk_ends_the_run_with_one_error_and_keeps_the_last_complete_che
     fill(small_disk, leave=1 << 20)
     res = run_app("train", *args)
     one_error(res, f"not enough disk space for {run.adapter} in {run.path}: it needs about", "MiB free")
-    unfinished(run, 20)
+    unfinished(run, 4)
 
     # 4. room for the final save but not twice that: a warning, and the same command finishes the run
     for f in small_disk.glob("filler-*"):
@@ -125,10 +125,10 @@ def test_a_full_disk_ends_the_run_with_one_error_and_keeps_the_last_complete_che
     res = run_app("train", *args)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"warning: the disk of {run.path} is nearly full:" in res.stderr
-    assert f"resuming from {run.checkpoint(20)}" in res.stdout
+    assert f"resuming from {run.checkpoint(4)}" in res.stdout
     assert run.read_metrics()["steps_this_run"] == 0 and run.read_state()["state"] == "finished"
-    # checkpoint-20 is the last step: loaded, not trained one step further (the HF Trainer would do step 21)
-    assert "checkpoint-20 is the last step (20): nothing left to train" in res.stdout
+    # checkpoint-4 is the last step: loaded, not trained one step further (the HF Trainer would do step 5)
+    assert "checkpoint-4 is the last step (4): nothing left to train" in res.stdout
     name = "adapter_model.safetensors"
-    assert load_file(run.adapter / name).keys() == load_file(run.checkpoint(20) / name).keys()
-    assert all(torch.equal(t, load_file(run.checkpoint(20) / name)[k]) for k, t in load_file(run.adapter / name).items())
+    assert load_file(run.adapter / name).keys() == load_file(run.checkpoint(4) / name).keys()
+    assert all(torch.equal(t, load_file(run.checkpoint(4) / name)[k]) for k, t in load_file(run.adapter / name).items())

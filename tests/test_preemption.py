@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_app, train_ok
+from conftest import INTERRUPTIBLE, run_app, train_ok
 from fault_points import finished, pause_env, popen, release, signal_when_paused, wait_paused
 from llama2ft.model.run_folder import RunDir
 from llama2ft.training.checkpoints import problem, rotate
@@ -17,19 +17,18 @@ from llama2ft.training.preemption import INTERRUPTED_EXIT
 from test_train_e2e import SMOKE, assert_same_adapter
 
 # save_total_limit=1: each new checkpoint replaces the last one, only once it is complete
-COMMON = [*SMOKE, "trainer.max_steps=30", "trainer.save_steps=10", "trainer.eval_steps=1000",
-          "trainer.save_total_limit=1"]
+COMMON = INTERRUPTIBLE
 RECORD = RunDir.CHECKPOINT_COMPLETE
 
 
 @pytest.mark.slow
-def test_sigterm_stops_with_a_checkpoint_and_the_same_command_finishes_the_same_run(tmp_path):
-    straight, run, pauses = tmp_path / "straight", RunDir(tmp_path / "run"), tmp_path / "pauses"
-    train_ok(straight, *COMMON)
+def test_sigterm_stops_with_a_checkpoint_and_the_same_command_finishes_the_same_run(request, tmp_path):
+    run, pauses = RunDir(tmp_path / "run"), tmp_path / "pauses"
 
     # 1. a process of its own gets SIGTERM during step 15 (between the checkpoints 10 and 20)
     proc = popen(["llama2ft.train", *COMMON, f"hydra.run.dir={run.path}"], pause_env(pauses, "step-15", "record-15"),
                  tmp_path / "first")
+    straight = request.getfixturevalue("straight_run")  # trained here (if not yet) while that process starts
     pid = wait_paused(pauses, "step-15", proc)
     proc.send_signal(signal.SIGTERM)
     release(pauses, "step-15")
@@ -166,16 +165,16 @@ def test_a_sweep_stopped_by_sigterm_says_so_and_the_same_command_resumes_it(tmp_
     from test_sweep import summary
 
     sweep_dir, pauses = tmp_path / "sweep", tmp_path / "pauses"
-    args = ["-m", *SMOKE, "trainer.max_steps=20", "trainer.save_steps=10", "trainer.eval_steps=1000", "lora=r8,r16",
+    args = ["-m", *SMOKE, "trainer.max_steps=6", "trainer.save_steps=3", "trainer.eval_steps=1000", "lora=r8,r16",
             f"hydra.sweep.dir={sweep_dir}"]
-    sender = signal_when_paused(pauses, "step-15", signal.SIGTERM)
-    res = run_app("train", *args, env=pause_env(pauses, "step-15"))
+    sender = signal_when_paused(pauses, "step-5", signal.SIGTERM)  # between the checkpoints 3 and 6
+    res = run_app("train", *args, env=pause_env(pauses, "step-5"))
     sender.join()
     assert res.returncode == INTERRUPTED_EXIT, res.stderr[-3000:]
-    assert [r["status"] for r in summary(sweep_dir)] == ["interrupted at step 15"]
+    assert [r["status"] for r in summary(sweep_dir)] == ["interrupted at step 5"]
     assert not (sweep_dir / "1").exists()
 
     res = run_app("train", *args)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert f"resuming from {RunDir(sweep_dir / '0').checkpoint(15)}" in res.stdout
+    assert f"resuming from {RunDir(sweep_dir / '0').checkpoint(5)}" in res.stdout
     assert [r["status"] for r in summary(sweep_dir)] == ["completed", "completed"]

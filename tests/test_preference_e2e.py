@@ -3,6 +3,8 @@ held-out figures, a DPO run merges to exactly base + adapter and chats, every me
 run metrics and resumes alike, and the 2-process, nf4 and merged-folder paths run."""
 from __future__ import annotations
 
+import csv
+import itertools
 import json
 import shutil
 import sys
@@ -18,6 +20,7 @@ pytestmark = pytest.mark.slow
 # what every run's metrics.json holds, whatever its method (the skeleton writes them)
 RUN_METRICS = {"train_loss", "eval_loss", "wall_seconds", "trainable_parameters", "steps_this_run", "quantized_layers",
                "method", "attention", "kernels", "torch_compile", "gradient_checkpointing"}
+FEW_PAIRS = 128
 
 
 def train(run: Path, *overrides: str):
@@ -28,6 +31,20 @@ def train(run: Path, *overrides: str):
 
 def metrics(run: Path) -> dict:
     return json.loads((run / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def few_pairs(tmp_path_factory) -> list[str]:
+    """Overrides for the runs that check plumbing (resume, two processes, where a run starts, nf4) rather than
+    what the recipe learns: the first 128 of the 800 shipped training pairs and 16 of the 60 held-out ones. A
+    reference scores every pair before training and the held-out pairs are scored four times: under a fifth of it."""
+    folder = tmp_path_factory.mktemp("pairs")
+    for name, n in (("train.csv", FEW_PAIRS), ("dev.csv", 16)):
+        with open(PROJECT_ROOT / "data" / "pairs" / name, encoding="utf-8", newline="") as f:
+            rows = list(itertools.islice(csv.reader(f), 1 + n))
+        with open(folder / name, "w", encoding="utf-8", newline="") as f:
+            csv.writer(f).writerows(rows)
+    return [f"data.train_file={folder / 'train.csv'}", f"data.eval_file={folder / 'dev.csv'}"]
 
 
 @pytest.fixture(scope="module")
@@ -107,21 +124,22 @@ def test_dpo_run_merges_to_base_plus_adapter_and_chats(dpo_run, merged_dpo):
     assert any(ch in res.stdout for ch in "两千百十")  # served through the run's template: a Chinese reading
 
 
-def test_orpo_from_a_merged_folder(merged_dpo, tmp_path):
+def test_orpo_from_a_merged_folder(merged_dpo, few_pairs, tmp_path):
     """init_from=MERGED_DIR: a fresh adapter on the merged model, with the template it was published with."""
     run = tmp_path / "run"
-    train(run, "method=orpo", f"init_from={merged_dpo}", "trainer.max_steps=2", "trainer.eval_steps=2",
+    train(run, "method=orpo", f"init_from={merged_dpo}", *few_pairs, "trainer.max_steps=2", "trainer.eval_steps=2",
           "sample_eval.show=0")
     cfg = (run / "config.yaml").read_text()
     assert f"name_or_path: {merged_dpo}" in cfg and "name: human_assistant" in cfg
     assert (run / "adapter" / "adapter_config.json").exists() and not (run / "base_model").exists()
 
 
-def test_a_preference_run_resumes_and_says_so(learned_run, tmp_path):
+def test_a_preference_run_resumes_and_says_so(learned_run, few_pairs, tmp_path):
     """The skeleton's checkpoint and resume, for a method with a reference: an interrupted run continues
     from its last checkpoint and counts only the steps it ran."""
     run = tmp_path / "run"
-    common = ["method=dpo", f"init_from={learned_run.path}", "trainer.max_steps=4", "trainer.save_steps=2",
+    common = ["method=dpo", f"init_from={learned_run.path}", *few_pairs, "trainer.max_steps=4",
+              "trainer.save_steps=2",
               "trainer.eval_steps=4", "trainer.save_total_limit=null", "sample_eval.enabled=false"]
     train(run, *common)
     for part in ("adapter", "metrics.json", "checkpoints/checkpoint-4"):  # as if stopped after step 2
@@ -131,29 +149,30 @@ def test_a_preference_run_resumes_and_says_so(learned_run, tmp_path):
     assert metrics(run)["steps_this_run"] == 2
 
 
-def test_two_process_dpo_run(learned_run, tmp_path):
+def test_two_process_dpo_run(learned_run, few_pairs, tmp_path):
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                   str(PROJECT_ROOT / "configs" / "accelerate" / "ddp.yaml")]
     run = tmp_path / "run"
-    res = run_cli("train", "method=dpo", f"init_from={learned_run.path}", "trainer.max_steps=4", "trainer.eval_steps=4",
-                  "trainer.per_device_train_batch_size=8", f"hydra.run.dir={run}", launcher=accelerate,
+    res = run_cli("train", "method=dpo", f"init_from={learned_run.path}", *few_pairs,
+                  "trainer.max_steps=4", "trainer.eval_steps=4", "trainer.per_device_train_batch_size=8",
+                  f"hydra.run.dir={run}", launcher=accelerate,
                   env={"OMP_NUM_THREADS": "1"})  # two processes on the 2 cores: one thread each
     assert res.returncode == 0, res.stderr[-3000:]
     m = metrics(run)
-    assert m["epoch"] == pytest.approx(4 * 8 * 2 / 800, rel=0.02)  # 2 processes: twice the pairs of one
+    assert m["epoch"] == pytest.approx(4 * 8 * 2 / FEW_PAIRS, rel=0.02)  # 2 processes: twice the pairs of one
     assert "rewards/margins" in m and (run / "adapter" / "adapter_model.safetensors").exists()
 
 
-def test_orpo_on_a_quantized_base(learned_run, tmp_path):
+def test_orpo_on_a_quantized_base(learned_run, few_pairs, tmp_path):
     run = tmp_path / "run"
-    res = train(run, "method=orpo", "quant=nf4", f"init_from={learned_run.path}", "trainer.max_steps=4",
+    res = train(run, "method=orpo", "quant=nf4", f"init_from={learned_run.path}", *few_pairs, "trainer.max_steps=4",
                 "trainer.eval_steps=4", "sample_eval.show=0")
     m = metrics(run)
     assert m["method"] == "orpo" and m["quantized_layers"] and "eval_nll_loss" in m
     assert "preference accuracy after training" in res.stdout
 
 
-def test_method_dpo_alone_starts_from_the_embedded_sft_model(learned_run, tmp_path):
+def test_method_dpo_alone_starts_from_the_embedded_sft_model(learned_run, few_pairs, tmp_path):
     """`llama2ft-train method=dpo` makes the default SFT run beside its own folder once and then reuses it
     (here the session's SFT run stands in for it, to skip the 800 SFT steps)."""
     from omegaconf import OmegaConf
@@ -161,7 +180,8 @@ def test_method_dpo_alone_starts_from_the_embedded_sft_model(learned_run, tmp_pa
     from llama2ft.training.methods.sft import SftSettings
     from llama2ft.training.start import embedded_sft_config, embedded_start_folder
 
-    overrides = ["method=dpo", "trainer.max_steps=2", "trainer.eval_steps=2", "sample_eval.show=1"]
+    overrides = ["method=dpo", *few_pairs, "trainer.max_steps=2", "trainer.eval_steps=2",
+                 "sample_eval.show=1"]
     sft_cfg = embedded_sft_config(compose(overrides), OmegaConf.structured(SftSettings))
     folder = embedded_start_folder(sft_cfg, tmp_path / "run")
     shutil.copytree(learned_run.path, folder)
@@ -171,7 +191,7 @@ def test_method_dpo_alone_starts_from_the_embedded_sft_model(learned_run, tmp_pa
 
 
 
-def test_run_folders_written_before_the_skeleton_still_load(learned_run, tmp_path):
+def test_run_folders_written_before_the_skeleton_still_load(learned_run, few_pairs, tmp_path):
     """A run folder from before methods were plug-ins (its config.yaml's `method` node held every
     preference key, whatever the method): chat, merge and a DPO `init_from` take it as before."""
     import yaml
@@ -186,6 +206,6 @@ def test_run_folders_written_before_the_skeleton_still_load(learned_run, tmp_pat
     assert res.returncode == 0 and res.stdout.strip(), res.stderr[-2000:]
     res = run_app("merge", f"run={old}", f"output={tmp_path / 'merged'}")
     assert res.returncode == 0 and (tmp_path / "merged" / "config.json").is_file(), res.stderr[-2000:]
-    train(tmp_path / "dpo", "method=dpo", f"init_from={old}", "trainer.max_steps=2", "trainer.eval_steps=2",
-          "sample_eval.enabled=false")
+    train(tmp_path / "dpo", "method=dpo", f"init_from={old}", *few_pairs, "trainer.max_steps=2",
+          "trainer.eval_steps=2", "sample_eval.enabled=false")
     assert metrics(tmp_path / "dpo")["method"] == "dpo"

@@ -2,21 +2,19 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import struct
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import run_app, run_cli
+from conftest import INTERRUPTIBLE, run_app, run_cli
 from llama2ft import PROJECT_ROOT
+from llama2ft.core.faults import KILL_AT
 from llama2ft.training.checkpoints import write_record
 
 pytestmark = pytest.mark.slow
@@ -106,37 +104,28 @@ def test_refuses_to_overwrite_a_finished_run(smoke_run):
     assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == before
 
 
-def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
-    common = [*SMOKE, "trainer.max_steps=60", "trainer.save_steps=20", "trainer.eval_steps=1000",
-              "trainer.save_total_limit=null"]
-    train(tmp_path / "straight", *common)
-
+def test_resume_after_sigkill_equals_uninterrupted(straight_run, tmp_path):
     run = tmp_path / "killed"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "llama2ft.train", *common, f"hydra.run.dir={run}"],
-                            cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    ckpt = run / "checkpoints" / "checkpoint-20" / "llama2ft-complete.json"  # the checkpoint is complete
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert ckpt.exists() and not (run / "adapter").exists(), "the run finished before it could be killed"
+    # a process of its own SIGKILLs itself as step 15 starts, between the checkpoints 10 and 20
+    res = run_cli("train", *INTERRUPTIBLE, f"hydra.run.dir={run}", env={KILL_AT: "step-15", "OMP_NUM_THREADS": "1"})
+    assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
+    ckpt = run / "checkpoints" / "checkpoint-10" / "llama2ft-complete.json"  # the checkpoint is complete
+    assert ckpt.exists() and not (run / "adapter").exists()
 
-    res = run_app("train", *common, "trainer.resume=false", f"hydra.run.dir={run}")  # refuses to start over
+    res = run_app("train", *INTERRUPTIBLE, "trainer.resume=false", f"hydra.run.dir={run}")  # refuses to start over
     assert res.returncode == 2 and "trainer.resume=auto" in res.stderr
     perturbed = tmp_path / "perturbed"
     shutil.copytree(run, perturbed)
-    weights = perturbed / "checkpoints" / "checkpoint-20" / "adapter_model.safetensors"
+    weights = perturbed / "checkpoints" / "checkpoint-10" / "adapter_model.safetensors"
     save_file({k: torch.zeros_like(v) if "lora_B" in k else v for k, v in load_file(weights).items()}, weights)
-    write_record(weights.parent, 20)  # changed on purpose: recorded again, or the resume would skip it
+    write_record(weights.parent, 10)  # changed on purpose: recorded again, or the resume would skip it
 
-    res = train(run, *common)  # trainer.resume=auto: the same command continues
+    res = train(run, *INTERRUPTIBLE)  # trainer.resume=auto: the same command continues
     assert "resuming from" in res.stdout
-    assert json.loads((run / "metrics.json").read_text())["steps_this_run"] == 40  # 60 - the 20 it read
-    assert_same_adapter(tmp_path / "straight", run, atol=1e-6)
+    assert json.loads((run / "metrics.json").read_text())["steps_this_run"] == 20  # 30 - the 10 it read
+    assert_same_adapter(straight_run, run, atol=1e-6)
     # the checkpoint's weights are what the resumed run continues from: changed weights, another result
-    train(perturbed, *common, "trainer.resume=true")
+    train(perturbed, *INTERRUPTIBLE, "trainer.resume=true")
     with pytest.raises(AssertionError):
         assert_same_adapter(run, perturbed, atol=1e-4)
 
