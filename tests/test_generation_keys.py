@@ -55,6 +55,7 @@ def test_no_other_class_states_a_sampling_or_model_key():
         "inference/model_choice.py": {"ModelChoice"},
         "serving/api_models.py": {"Common"},  # the request's fields: None (the server's setting), see sampling_of
         "config/train_schema.py": {"SampleEvalConfig"},  # training's own sample answers, with their own defaults
+        "training/methods/grpo.py": {"GrpoSettings"},  # the answers GRPO samples to learn from: temperature 1 by default
     }
     found = []
     for path in sorted((PROJECT_ROOT / "llama2ft").rglob("*.py")):

@@ -4,6 +4,7 @@ fail), and a GRPO run from an SFT run with its figures, its answers log, a stop 
 ends where the uninterrupted run ends, merge and chat."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shutil
@@ -188,6 +189,19 @@ def test_a_grpo_run_reports_its_rewards_before_after_and_while_training(grpo_run
     assert {row["step"] for row in logged} == {3, 6} and len(logged) == 8  # one prompt's 4 answers, each log
     assert all(set(row["rewards"]) == {"exact_match"} and row["rewards"]["exact_match"] in (0.0, 1.0)
                for row in logged)
+
+
+def test_a_sweep_summary_shows_a_grpo_runs_held_out_reward(grpo_run, tmp_path):
+    from llama2ft.training import sweeps
+    run, _ = grpo_run
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "0").symlink_to(run, target_is_directory=True)
+    sweeps.write(tmp_path / "sweep", objective="reward_after")
+    with (tmp_path / "sweep" / "sweep_summary.csv").open(encoding="utf-8") as f:
+        (row,) = list(csv.DictReader(f))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert row["status"] == "completed" and float(row["reward_after"]) == pytest.approx(metrics["reward_after"])
+    assert "method=grpo" in row["overrides"]
 
 
 def test_a_stopped_grpo_run_resumes_to_the_uninterrupted_adapter(grpo_run, learned_run, tmp_path):

@@ -16,6 +16,7 @@ from conftest import run_app
 from test_preference_e2e import metrics, train
 from llama2ft import PROJECT_ROOT
 from llama2ft.data.pairs import prompt_turns
+from llama2ft.training import sweeps
 
 pytestmark = pytest.mark.slow
 PAIRS_DEV = PROJECT_ROOT / "data" / "pairs" / "dev.csv"
@@ -58,6 +59,7 @@ def test_a_reward_model_from_an_sft_run_ranks_held_out_pairs(rm_run, learned_run
     assert {"train_loss", "eval_loss", "eval_rewards/accuracies", "trainable_parameters"} <= set(m)
     assert not any(k.startswith(("exact_match", "chosen_match")) for k in m)  # it writes no answers
     assert "preference accuracy before training" in stdout and "preference accuracy after training" in stdout
+    assert sweeps.run_row(run)["preference_accuracy_after"] == m["preference_accuracy_after"]  # a sweep's row
     assert f"load_reward_model('{run}')" in stdout  # how to use it, instead of a chat command
     config = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert config["task_type"] == "SEQ_CLS" and "score" in config["modules_to_save"]

@@ -14,8 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 from llama2ft.core import environment
 from llama2ft.model.run_folder import RunDir
 
-COLUMNS = ["run", "status", "overrides", "train_loss", "eval_loss", "exact_match_after", "trained_tokens",
-           "runtime_s", "environment"]
+COLUMNS = ["run", "status", "overrides", "train_loss", "eval_loss", "exact_match_after", "reward_after",
+           "preference_accuracy_after", "trained_tokens", "runtime_s", "environment"]
+# the held-out figures after training that each method reports: SFT, GRPO, preference methods and reward models
+AFTER = ("exact_match_after", "reward_after", "preference_accuracy_after")
 HYDRA_DIR = ".hydra"  # Hydra's own record of a job (its overrides), beside the run's files
 
 
@@ -39,7 +41,7 @@ def run_row(path: Path) -> dict[str, Any]:
         trained = round(stats["trained_tokens"] * float(metrics.get("epoch", 0)))
     return {"run": path.name, "status": status, "overrides": " ".join(overrides or []),
             "train_loss": metrics.get("train_loss"), "eval_loss": metrics.get("eval_loss"),
-            "exact_match_after": metrics.get("exact_match_after"), "trained_tokens": trained,
+            **{key: metrics.get(key) for key in AFTER}, "trained_tokens": trained,
             "runtime_s": metrics.get("train_runtime"), "environment": ""}
 
 

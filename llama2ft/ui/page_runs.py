@@ -19,10 +19,19 @@ RUN_WIDTHS = ["15%", "13%", "6%", "26%", "8%", "8%", "10%", "7%", "7%"]  # of ru
 _charts: dict[tuple, str] = {}  # (log file, size, mtime) -> SVG: a chart is drawn again only when its log grew
 
 
+def _stamp(path: Path) -> tuple:
+    st = path.stat() if path.is_file() else None
+    return (str(path), st.st_size if st else 0, st.st_mtime_ns if st else 0)
+
+
 def _log_key(folder: Path) -> tuple:
-    log = RunDir(folder).log
-    st = log.stat() if log.is_file() else None
-    return (str(log), st.st_size if st else 0, st.st_mtime_ns if st else 0)
+    return _stamp(RunDir(folder).log)
+
+
+def _record_key(folder: Path) -> tuple:
+    """provenance.json is completed after the last log line, so the record has stamps of its own."""
+    run = RunDir(folder)
+    return _stamp(run.provenance) + _stamp(run.completions)
 
 
 def run_chart(folder: Path) -> str:
@@ -85,17 +94,18 @@ def build_run_tab(ws: Workspace) -> dict[str, Any]:
         key = (label, _log_key(folder))
         svg = gr.skip() if last.get("chart") == key else run_chart(folder)
         out = job.output(LOG_LINES) if job is not None else _tail(folder, LOG_LINES)
-        made_html = gr.skip() if last.get("chart") == key else record.record_html(folder)  # both grow with the log
+        made_key = (label, _record_key(folder))
+        made_html = gr.skip() if last.get("record") == made_key else record.record_html(folder)
         action, act = ws.action_of(folder)
         if act is None:
-            return [prog, ws.command_of(folder), svg, out, made_html, "", "", "", {"chart": key}]
+            return [prog, ws.command_of(folder), svg, out, made_html, "", "", "", {"chart": key, "record": made_key}]
         url = actions.chat_url(act.output()) if action == "chat" and act.running else None
         if url:
             done = f'<p>chat with it: <a href="{url}" target="_blank">{url}</a> (Stop ends the chat)</p>'
         else:
             done = actions.result_html(action, act.folder) if act.returncode == 0 else ""
         return [prog, ws.command_of(folder), svg, out, made_html, act.shown(), f"{act.output(30)}\n[{act.status()}]",
-                done, {"chart": key}]
+                done, {"chart": key, "record": made_key}]
 
     outputs = [progress, command, chart, log, made, action_cmd, action_log, result, seen]
     timer.tick(tick, [select, seen], outputs, show_progress="hidden")
