@@ -333,6 +333,28 @@ def straight_run(tmp_path_factory) -> Path:
     return run
 
 
+# Two processes of data parallelism (gloo on CPU) under the shipped DDP config, one thread each on the 2 cores
+TWO_PROCESSES = ["experiment=tiny_smoke", "trainer.max_steps=20", "trainer.save_steps=10", "trainer.eval_steps=1000",
+                 "trainer.save_total_limit=1"]
+
+
+@pytest.fixture(scope="session")
+def two_process_run(tmp_path_factory) -> TrainedRun:
+    """`accelerate launch --config_file configs/accelerate/ddp.yaml -m llama2ft.train TWO_PROCESSES` in a folder
+    of its own (no hydra.run.dir: the ranks must agree on one), trained once per session: the accelerate test
+    reads it, and the torchrun restart tests resume to its adapter (torchrun's uninterrupted run is the same to
+    the bit, checked)."""
+    cwd = tmp_path_factory.mktemp("ddp")
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                  str(PROJECT_ROOT / "configs" / "accelerate" / "ddp.yaml")]
+    res = run_cli("train", *TWO_PROCESSES, cwd=cwd, launcher=accelerate,
+                  env={**offline_env(tmp_path_factory.getbasetemp()), "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = list((cwd / "outputs" / "train").iterdir())
+    assert len(runs) == 1, runs  # both ranks agreed on one folder
+    return TrainedRun(runs[0], res.stdout)
+
+
 def start_app(module: str, *args: str, ready_path: str = "/") -> tuple[subprocess.Popen, str]:
     """Start `python -m llama2ft.<module> args... port=<free>` and wait until it answers HTTP on
     127.0.0.1; returns the process and its base URL (no trailing slash)."""

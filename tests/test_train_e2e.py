@@ -5,7 +5,6 @@ import json
 import shutil
 import signal
 import struct
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import INTERRUPTIBLE, run_app, run_cli
-from llama2ft import PROJECT_ROOT
 from llama2ft.core.faults import KILL_AT
 from llama2ft.training.checkpoints import write_record
 
@@ -130,21 +128,16 @@ def test_resume_after_sigkill_equals_uninterrupted(straight_run, tmp_path):
         assert_same_adapter(run, perturbed, atol=1e-4)
 
 
-def test_two_process_accelerate_run(tmp_path):
+def test_two_process_accelerate_run(two_process_run):
     """Data parallel over 2 CPU processes (gloo) with the shipped DDP config: one shared run folder,
     written by rank 0 only."""
-    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                  str(PROJECT_ROOT / "configs" / "accelerate" / "ddp.yaml")]
-    res = run_cli("train", *SMOKE, "trainer.max_steps=6", cwd=tmp_path, launcher=accelerate)
-    assert res.returncode == 0, res.stderr[-3000:]
-    runs = list((tmp_path / "outputs" / "train").iterdir())
-    assert len(runs) == 1, runs  # both ranks agreed on one folder
-    metrics = json.loads((runs[0] / "metrics.json").read_text())
-    # 6 steps x 16 rows x 2 processes: twice the rows of one process
-    stats = json.loads((runs[0] / "data_stats.json").read_text())
-    assert metrics["epoch"] == pytest.approx(6 * 16 * 2 / stats["rows"], rel=0.02)
-    assert (runs[0] / "adapter" / "adapter_model.safetensors").exists()
-    assert "reusing the cached preprocessing" in res.stdout  # rank 1 read what rank 0 wrote
+    run = two_process_run.path
+    metrics = json.loads((run / "metrics.json").read_text())
+    # 20 steps x 16 rows x 2 processes: twice the rows of one process
+    stats = json.loads((run / "data_stats.json").read_text())
+    assert metrics["epoch"] == pytest.approx(20 * 16 * 2 / stats["rows"], rel=0.02)
+    assert (run / "adapter" / "adapter_model.safetensors").exists()
+    assert "reusing the cached preprocessing" in two_process_run.stdout  # rank 1 read what rank 0 wrote
 
 
 @pytest.mark.parametrize("backend", ["FSDP", "DEEPSPEED"])

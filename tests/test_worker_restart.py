@@ -14,25 +14,22 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import TWO_PROCESSES, run_cli
 from fault_points import finished, pause_env, popen, release, wait_paused
 from llama2ft.core.faults import KILL_AT
 from llama2ft.model.run_folder import RunDir
-from test_train_e2e import SMOKE, assert_same_adapter
+from test_train_e2e import assert_same_adapter
 
 pytestmark = pytest.mark.slow
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1"]
-COMMON = [*SMOKE, "trainer.max_steps=20", "trainer.save_steps=10", "trainer.eval_steps=1000",
-          "trainer.save_total_limit=1"]
+COMMON = TWO_PROCESSES  # 20 steps, checkpoints 10 and 20
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # two processes on the 2 cores
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("torchrun") / "straight"
-    res = run_cli("train", *COMMON, f"hydra.run.dir={run}", launcher=TORCHRUN, env=ONE_THREAD)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return run
+def straight(two_process_run) -> Path:
+    """The uninterrupted 2-process run (accelerate launch, the same to the bit as under torchrun)."""
+    return two_process_run.path
 
 
 def test_torchrun_restarts_a_dead_worker_and_the_run_resumes_by_itself(straight, tmp_path):
