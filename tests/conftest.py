@@ -13,10 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
+# Under pytest-xdist (`-n 2`: a worker per core) every process torch starts gets one thread: two threads per
+# worker on 2 cores wait on each other (4.7 s -> 81 s for 40 steps, measured when another job shared the cores).
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+if WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = "1"
 
-import llama2ft
-from llama2ft import CONFIG_DIR, PROJECT_ROOT
+import pytest  # noqa: E402
+
+import llama2ft  # noqa: E402
+from llama2ft import CONFIG_DIR, PROJECT_ROOT  # noqa: E402
 
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
@@ -106,7 +112,7 @@ def any_tokenizer(request, tokenizer):
 def run_cli(module: str, *args: str, env: dict | None = None, timeout: int = 600, cwd: Path | None = None,
             launcher: list[str] | None = None) -> subprocess.CompletedProcess:
     """Run `python -m llama2ft.<module> args...` (or under `launcher`) and capture its output."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2", **(env or {})}
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(APP_THREADS), **(env or {})}
     full_env = {k: v for k, v in full_env.items() if v is not None}  # None unsets a variable
     cmd = [*(launcher or [sys.executable]), "-m", f"llama2ft.{module}", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout,
@@ -181,7 +187,7 @@ def _logging_into(out, err) -> Iterator[None]:
 # Torch's threads for the commands run in the test process and for the tests' own tensor work. On a quiet
 # machine all cores are fastest (40 tiny_smoke steps: 5.4 s on 2 threads, 7.8 s on 1); when other jobs share the
 # 2 cores, 2 threads wait on each other (4.7 s on 1 thread, 81 s on 2): LLAMA2FT_TEST_THREADS=1 there.
-APP_THREADS = int(os.environ.get("LLAMA2FT_TEST_THREADS") or os.cpu_count() or 1)
+APP_THREADS = int(os.environ.get("LLAMA2FT_TEST_THREADS") or max(1, (os.cpu_count() or 1) // WORKERS))
 
 
 @pytest.fixture
