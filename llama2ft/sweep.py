@@ -10,18 +10,20 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from llama2ft.training.sweeps import write
+from llama2ft.training.sweeps import DIRECTIONS, write
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="llama2ft-sweep-summary", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun folder (hydra.sweep.dir)")
-    parser.add_argument("--objective", default="eval_loss", help="metric to sort by, lower is better")
+    parser.add_argument("--objective", default="eval_loss", help="metric to sort by")
+    parser.add_argument("--direction", default="minimize", choices=sorted(DIRECTIONS),
+                        help="minimize (losses) or maximize (rewards, accuracies)")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         print(f"error: {args.sweep_dir} is not a folder", file=sys.stderr)
         return 2
-    write(args.sweep_dir, args.objective)
+    write(args.sweep_dir, args.objective, args.direction)
     print((args.sweep_dir / "sweep_summary.md").read_text(encoding="utf-8"))
     return 0
 

@@ -88,7 +88,7 @@ def _sweep_job(cfg: DictConfig, out_dir: Path) -> Optional[float]:
         run.failed.unlink(missing_ok=True)
     except (Interrupted, DiskFull):
         if distributed.is_main_process():
-            sweeps.write(Path(HydraConfig.get().sweep.dir), cfg.objective)
+            sweeps.write(Path(HydraConfig.get().sweep.dir), cfg.objective, cfg.objective_direction)
         raise
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -96,7 +96,7 @@ def _sweep_job(cfg: DictConfig, out_dir: Path) -> Optional[float]:
             run.failed.write_text(f"{exc}\n", encoding="utf-8")
         metrics = {}
     if distributed.is_main_process():
-        sweeps.write(Path(HydraConfig.get().sweep.dir), cfg.objective)
+        sweeps.write(Path(HydraConfig.get().sweep.dir), cfg.objective, cfg.objective_direction)
     return metrics.get(cfg.objective)
 
 

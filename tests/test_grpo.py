@@ -196,7 +196,7 @@ def test_a_sweep_summary_shows_a_grpo_runs_held_out_reward(grpo_run, tmp_path):
     run, _ = grpo_run
     (tmp_path / "sweep").mkdir()
     (tmp_path / "sweep" / "0").symlink_to(run, target_is_directory=True)
-    sweeps.write(tmp_path / "sweep", objective="reward_after")
+    sweeps.write(tmp_path / "sweep", objective="reward_after", direction="maximize")
     with (tmp_path / "sweep" / "sweep_summary.csv").open(encoding="utf-8") as f:
         (row,) = list(csv.DictReader(f))
     metrics = json.loads((run / "metrics.json").read_text())

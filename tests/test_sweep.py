@@ -17,6 +17,18 @@ pytestmark = pytest.mark.slow
 SWEEP = ["-m", "experiment=tiny_smoke", "lora=r8,r16", "trainer.learning_rate=1e-3,2e-3"]
 
 
+def test_objective_direction_is_checked_with_the_other_problems():
+    from conftest import compose
+    from llama2ft.training.checks import training_problems
+
+    assert training_problems(compose(["objective_direction=maximize"])) == []
+    assert "objective_direction=up: must be one of minimize, maximize" in training_problems(
+        compose(["objective_direction=up"]))
+    # Optuna's direction is the run's
+    assert compose(["hparams_search=optuna", "objective_direction=maximize"]).hydra.sweeper.direction == "maximize"
+    assert compose(["hparams_search=optuna"]).hydra.sweeper.direction == "minimize"
+
+
 def summary(sweep_dir):
     with (sweep_dir / "sweep_summary.csv").open(encoding="utf-8") as f:
         return list(csv.DictReader(f))
@@ -47,6 +59,10 @@ def test_two_by_two_sweep_summary_and_rerun_skips(tmp_path):
     (sweep_dir / "sweep_summary.csv").unlink()
     rebuilt = run_app("sweep", str(sweep_dir))  # llama2ft-sweep-summary
     assert rebuilt.returncode == 0 and summary(sweep_dir) == rows
+    # a metric where higher is better (a GRPO run's reward_after, an accuracy): best first is the highest
+    highest = run_app("sweep", str(sweep_dir), "--objective", "eval_loss", "--direction", "maximize")
+    assert highest.returncode == 0 and summary(sweep_dir) == rows[::-1]
+    assert "best first by `eval_loss` (higher is better)" in (sweep_dir / "sweep_summary.md").read_text()
 
 
 def test_a_bad_run_fails_alone(tmp_path):

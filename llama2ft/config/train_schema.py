@@ -167,4 +167,5 @@ class TrainConfig:
     init_from: Optional[str] = None  # a preference run starts from this SFT run folder or merged model folder
     task_name: str = "train"
     experiment_name: Optional[str] = None
-    objective: str = "eval_loss"  # the metric a run returns (sweeps sort by it; lower is better)
+    objective: str = "eval_loss"  # the metric a run returns (sweeps rank runs by it)
+    objective_direction: str = "minimize"  # or maximize (reward_after, accuracies): sweeps' and optuna's ranking

@@ -16,6 +16,7 @@ from llama2ft.model.run_folder import RunDir
 
 COLUMNS = ["run", "status", "overrides", "train_loss", "eval_loss", "exact_match_after", "reward_after",
            "preference_accuracy_after", "trained_tokens", "runtime_s", "environment"]
+DIRECTIONS = {"minimize": "lower is better", "maximize": "higher is better"}
 # the held-out figures after training that each method reports: SFT, GRPO, preference methods and reward models
 AFTER = ("exact_match_after", "reward_after", "preference_accuracy_after")
 HYDRA_DIR = ".hydra"  # Hydra's own record of a job (its overrides), beside the run's files
@@ -45,8 +46,15 @@ def run_row(path: Path) -> dict[str, Any]:
             "runtime_s": metrics.get("train_runtime"), "environment": ""}
 
 
-def collect(sweep_dir: Path, objective: str = "eval_loss") -> tuple[list[dict[str, Any]], dict]:
-    """Rows of every run folder under `sweep_dir`, completed runs first, best (lowest objective) first;
+def direction_problems(direction: Any) -> list[str]:
+    if direction in DIRECTIONS:
+        return []
+    return [f"objective_direction={direction}: must be one of {', '.join(DIRECTIONS)}"]
+
+
+def collect(sweep_dir: Path, objective: str = "eval_loss",
+            direction: str = "minimize") -> tuple[list[dict[str, Any]], dict]:
+    """Rows of every run folder under `sweep_dir`, completed runs first, best first by `objective`;
     and the environment most of them ran under (each row's `environment` says how its own differs)."""
     runs = [p for p in sweep_dir.iterdir() if p.is_dir() and (p / HYDRA_DIR).is_dir()]
     rows = [run_row(p) for p in runs]
@@ -58,7 +66,8 @@ def collect(sweep_dir: Path, objective: str = "eval_loss") -> tuple[list[dict[st
     def key(row: dict) -> tuple:
         value = row.get(objective)
         missing = value is None or (isinstance(value, float) and math.isnan(value))
-        return (row["status"] != "completed", missing, value if not missing else 0.0, row["run"])
+        rank = 0.0 if missing else (value if direction == "minimize" else -value)
+        return (row["status"] != "completed", missing, rank, row["run"])
 
     return sorted(rows, key=key), common
 
@@ -85,16 +94,16 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def write(sweep_dir: Path, objective: str = "eval_loss") -> list[dict[str, Any]]:
+def write(sweep_dir: Path, objective: str = "eval_loss", direction: str = "minimize") -> list[dict[str, Any]]:
     """Write sweep_summary.csv and sweep_summary.md at the sweep root; returns the rows."""
-    rows, common = collect(sweep_dir, objective)
+    rows, common = collect(sweep_dir, objective, direction)
     with (sweep_dir / "sweep_summary.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     env = (f"Environment: {environment.summary(common)}. A job that ran under another says how in its `environment` "
            "column." if common else "Environment: not recorded (no job wrote a provenance.json).")
-    lines = [f"# Sweep {sweep_dir}", "", f"{len(rows)} runs, best first by `{objective}` (lower is better).", "",
+    lines = [f"# Sweep {sweep_dir}", "", f"{len(rows)} runs, best first by `{objective}` ({DIRECTIONS[direction]}).", "",
              env, "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
