@@ -9,6 +9,7 @@ import importlib.metadata as metadata
 import os
 import re
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,10 @@ def test_the_cpu_and_cuda_locks_differ_only_in_torchs_build():
 
 
 def installed() -> dict[str, str]:
-    return {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    # the venv's own site-packages, not sys.path: a test that imported setuptools earlier in this process put its
+    # vendored packages (packaging, platformdirs, more-itertools, older versions) on sys.path
+    site = sysconfig.get_paths()["purelib"]
+    return {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions(path=[site])}
 
 
 def test_the_venv_holds_exactly_the_locked_versions():
