@@ -173,6 +173,58 @@ def test_max_queue_counts_the_requests_waiting_for_a_place(model, tokenizer):
     chat.close()
 
 
+def test_a_vanishing_temperature_is_greedy_and_an_extreme_penalty_still_draws(model, tokenizer):
+    """temperature=2.2e-309 (a denormal an API fuzzer sent) once made every draw fail on NaN probabilities;
+    below GREEDY_BELOW a temperature is greedy. A penalty that overflows scores to inf draws among those."""
+    vanishing = Sampling(temperature=2.2e-309, max_new_tokens=8, seed=1)
+    extreme = Sampling(temperature=1.0, repetition_penalty=1e-308, max_new_tokens=8, seed=1)
+    chat = chat_on(model, tokenizer, max_batch=2)
+    gens = [chat.stream([Turn("human", QUESTIONS[1])], s) for s in (vanishing, extreme)]
+    for g in gens:
+        g.start()
+    replies = [g.run() for g in gens]
+    chat.close()
+    assert replies[0].text == solo_answers(model, tokenizer, [(QUESTIONS[1], greedy(8))])[0]
+    assert replies[1].finish_reason == "length" and replies[1].text
+
+
+def test_a_request_that_cannot_draw_fails_alone_and_at_once(model, tokenizer, monkeypatch):
+    """An error choosing a request's first token (as it joins the batch) once left that request waiting
+    forever: it now gets the error, and the request beside it its answer."""
+    from llama2ft.inference import batching
+
+    def fragile(logits, seen, sampling, *args):
+        if sampling.seed == 13:
+            raise RuntimeError("cannot draw")
+        return real(logits, seen, sampling, *args)
+
+    real = batching.next_token
+    monkeypatch.setattr(batching, "next_token", fragile)
+    chat = chat_on(model, tokenizer, max_batch=4)
+    requests = {"bad": (QUESTIONS[0], Sampling(temperature=1.0, seed=13, max_new_tokens=8)),
+                "good": (QUESTIONS[1], greedy(8))}
+    gens = {name: chat.stream([Turn("human", q)], s) for name, (q, s) in requests.items()}
+    results: dict = {}
+
+    def wait(name: str) -> None:
+        try:
+            results[name] = gens[name].run().text
+        except RuntimeError as exc:
+            results[name] = exc
+
+    for g in gens.values():
+        g.start()
+    waiters = [threading.Thread(target=wait, args=(name,), daemon=True) for name in gens]
+    for t in waiters:
+        t.start()
+    for t in waiters:
+        t.join(30)
+    chat.close()
+    monkeypatch.undo()
+    assert isinstance(results.get("bad"), RuntimeError), results
+    assert results["good"] == solo_answers(model, tokenizer, [requests["good"]])[0]
+
+
 @pytest.mark.parametrize("samp", [Sampling(do_sample=False), Sampling(), Sampling(temperature=0.7, top_k=0, top_p=0.5),
                                   Sampling(temperature=1.2, top_k=5, top_p=1.0, repetition_penalty=1.0)])
 def test_token_scores_match_transformers_logits_processors(samp):

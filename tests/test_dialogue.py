@@ -213,10 +213,11 @@ def test_the_canonical_regex_agrees_with_the_block_check():
 
     from llama2ft.data.dialogue import canonical_blocks, is_canonical
 
-    cells = list(FAST_PATH_CASES)
+    shown = list(FAST_PATH_CASES)
     for name in ("dev_sft.csv", "dev_sft_sharegpt.csv"):
         if (SHARED_DATA / name).is_file():
-            cells += [cell for _, cell in read_column(SHARED_DATA / name)]
+            shown += [cell for _, cell in read_column(SHARED_DATA / name)]
+    cells: list[str] = []
     parts = ["<s>", "</s>", "Human: ", "Assistant: ", "Human:", "\n", "\r\n", " ", "a", "你", "<", "s>", "</", "\t"]
     rng = random.Random(0)
     for _ in range(20000):
@@ -224,6 +225,6 @@ def test_the_canonical_regex_agrees_with_the_block_check():
         turns = [rng.choice(["<s>Human: ", "<s>Assistant: "]) + rng.choice(["", " ", "x", "<a>", "\r"]) +
                  rng.choice(["\n</s>", "\r\n</s>", "</s>"]) for _ in range(rng.randint(1, 4))]
         cells.append("".join(turns))
-    assert sum(is_canonical(c) for c in cells) > 400  # enough canonical cells among the random ones
-    for cell in cells:
+    assert sum(is_canonical(c) for c in cells) > 50  # enough canonical cells among the random ones
+    for cell in shown + cells:
         assert is_canonical(cell) == (canonical_blocks(cell) is not None), repr(cell)

@@ -154,10 +154,10 @@ def test_grpo_settings_are_checked_with_every_other_problem():
     from llama2ft.config.validation import collect_problems
     from llama2ft.training.methods import method_problems
 
-    cfg = compose(["method=grpo", "method.num_generations=1", "method.loss_type=ppo", "method.temperature=0",
+    cfg = compose(["method=grpo", "method.num_generations=1", "method.loss_type=ppo", "method.temperature=1e-6",
                    "method.generation=tgi", "data.packing=true", "trainer.learning_rate=0"])
     problems = " | ".join(collect_problems(cfg) + method_problems(cfg))
-    for needle in ("method.num_generations=1", "method.loss_type='ppo'", "method.temperature=0",
+    for needle in ("method.num_generations=1", "method.loss_type='ppo'", "method.temperature=1e-06",
                    "method.generation='tgi'", "data.packing=true", "trainer.learning_rate=0"):
         assert needle in problems
 

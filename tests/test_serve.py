@@ -52,6 +52,13 @@ def test_chat_completion_and_its_stream_agree(client):
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
+def test_a_vanishing_temperature_is_answered_greedily(client):
+    """temperature=2.2e-309 (a denormal the schema fuzzer once sent) made every draw fail on NaN probabilities,
+    and the request got no answer: below 1e-5 a temperature is greedy (inference/sampling.py)."""
+    reply = ask(client, "数字 680 的中文读法是什么？", temperature=2.2e-309, n=2)
+    assert [c.message.content for c in reply.choices] == ["六百八十"] * 2
+
+
 def test_completions_endpoint(client):
     done = client.completions.create(model="tiny", prompt="Human: 数字 680 的中文读法是什么？", max_tokens=5)
     assert done.choices[0].finish_reason in ("stop", "length")

@@ -165,8 +165,12 @@ class Batcher:
         if row.gen.cancelled:
             self._finish(row, None, cancelled=True)
             return False
-        token = next_token(logits, torch.tensor(row.seen, device=logits.device), row.gen.sampling, row.generator,
-                           self._suppress, len(row.gen.prompt))
+        try:
+            token = next_token(logits, torch.tensor(row.seen, device=logits.device), row.gen.sampling, row.generator,
+                               self._suppress, len(row.gen.prompt))
+        except Exception as exc:  # noqa: BLE001 - this request fails; a joining one is in no batch yet to be failed later
+            self._finish(row, exc)
+            return False
         row.seen.append(token)
         row.made += 1
         try:

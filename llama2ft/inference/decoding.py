@@ -83,4 +83,7 @@ def next_token(logits: torch.Tensor, seen: torch.Tensor, sampling: Sampling, gen
     s = scores(logits, seen, sampling, suppress, prompt_len)
     if sampling.greedy:
         return int(torch.argmax(s, dim=-1))
+    top = torch.isposinf(s)
+    if top.any():  # an extreme penalty overflowed some scores: these dominate, and softmax would give NaN
+        s = torch.where(top, 0.0, -float("inf"))
     return int(torch.multinomial(torch.softmax(s, dim=-1), num_samples=1, generator=generator))

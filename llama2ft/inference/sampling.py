@@ -53,13 +53,16 @@ class Bound:
 
 
 MAX_STOP = 4  # stop texts a request may give (OpenAI's limit)
+# Temperatures below this are greedy, as in vLLM: logits divided by a smaller one overflow to inf, and a
+# draw from the resulting NaN probabilities fails (the limit of a vanishing temperature is the argmax anyway).
+GREEDY_BELOW = 1e-5
 
 
 @dataclass
 class SamplingKeys:
     """The sampling keys of the generation apps (`temperature=0.7 seed=1 ...`), with their defaults."""
 
-    temperature: float = 0.3  # 0 means greedy
+    temperature: float = 0.3  # 0 (or below GREEDY_BELOW) means greedy
     top_p: float = 0.95
     top_k: int = 50  # 0 turns it off
     repetition_penalty: float = 1.3  # 1.0 turns it off
@@ -71,7 +74,7 @@ class SamplingKeys:
 
 
 # the range of each numeric key (a seed may be any integer: `seed_bits`)
-BOUNDS = {"temperature": Bound(0, 2, note="0 is greedy"), "top_p": Bound(0, 1, low_open=True),
+BOUNDS = {"temperature": Bound(0, 2, note="below 1e-5 is greedy"), "top_p": Bound(0, 1, low_open=True),
           "top_k": Bound(0, note="0 turns it off"), "repetition_penalty": Bound(0, 10, low_open=True),
           "frequency_penalty": Bound(-2, 2, note="0 turns it off"),
           "presence_penalty": Bound(-2, 2, note="0 turns it off"), "max_new_tokens": Bound(1)}
@@ -102,7 +105,7 @@ class Sampling(SamplingKeys):
 
     @property
     def greedy(self) -> bool:
-        return not self.do_sample or self.temperature == 0
+        return not self.do_sample or self.temperature < GREEDY_BELOW
 
     @property
     def openai_penalties(self) -> bool:

@@ -62,7 +62,7 @@ class Common(BaseModel):
     # strict: a value of another JSON type is refused, not converted (`false` is no temperature)
     model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"additionalProperties": False})
     model: Optional[str] = None
-    temperature: Optional[float] = _in(BOUNDS["temperature"], description="0: greedy")
+    temperature: Optional[float] = _in(BOUNDS["temperature"], description="0 (or below 1e-5): greedy")
     top_p: Optional[float] = _in(BOUNDS["top_p"])
     top_k: Optional[Integer] = _in(BOUNDS["top_k"], description="0: off")
     repetition_penalty: Optional[float] = _in(BOUNDS["repetition_penalty"], description="1: off")

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from llama2ft.data.pairs import prompt_turns
 from llama2ft.data.prompt_rows import ANSWER_COLUMN, PROMPTS, PromptCollator, PromptRow
 from llama2ft.evaluation.heldout import QA
-from llama2ft.inference.sampling import Sampling
+from llama2ft.inference.sampling import GREEDY_BELOW, Sampling
 from llama2ft.training import distributed
 from llama2ft.training.grpo_trainer import ReferenceWeights, grpo_trainer_class, heldout_rewards
 from llama2ft.training.method import Method, MethodData, MethodSettings
@@ -160,8 +160,9 @@ class GRPO(Method):
             p.append(f"method.beta={m.beta}: must be >= 0")
         if m.epsilon <= 0 or (m.epsilon_high is not None and m.epsilon_high <= 0):
             p.append("method.epsilon and method.epsilon_high: must be > 0")
-        if m.temperature <= 0:
-            p.append(f"method.temperature={m.temperature}: must be > 0 (GRPO samples its answers)")
+        if m.temperature < GREEDY_BELOW:
+            p.append(f"method.temperature={m.temperature}: must be >= {GREEDY_BELOW} (GRPO samples its answers; "
+                     "a lower one is greedy)")
         if not 0 < m.vllm_memory < 1:
             p.append(f"method.vllm_memory={m.vllm_memory}: must be in (0, 1)")
         p += sampling_of(m).problems("method.")
