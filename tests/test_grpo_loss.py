@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llama2ft.training.grpo_trainer import completion_logps
-from llama2ft.training.methods.grpo import advantages, grpo_loss
+from llama2ft.training.methods.grpo import advantages, grpo_loss, rows_with_signal
 from llama2ft.training.rollouts import Rollout
 
 pytest.importorskip("trl", reason="TRL is the reference definition (the dev extra installs it)")
@@ -82,6 +82,32 @@ def test_the_loss_and_its_gradients_equal_trl(trl_trainer, loss_type, beta):
     for mine, theirs_g in zip((p.grad for p in model.parameters()), their_grads):
         torch.testing.assert_close(mine, theirs_g, rtol=1e-4, atol=1e-7)
     assert 0 < figures["clip_ratio"] < 1  # the inputs really exercise the clip
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
+def test_answers_without_signal_are_skipped_exactly(trl_trainer, loss_type):
+    """Without the KL term the Trainer runs only the answers of nonzero advantage (rows_with_signal): the loss
+    and every gradient equal those of all the answers."""
+    model = trl_trainer.model
+    _, roll = inputs_for_both()
+    adv = torch.tensor([1.0, 0.0, 0.0, -1.2])
+    tokens = roll.completion_mask.sum().float()
+    results = []
+    for keep in (None, rows_with_signal(adv, 0.0)):
+        model.zero_grad()
+        part, part_adv = (roll, adv) if keep is None else (roll.select(keep), adv[keep])
+        logps = completion_logps(model, part, 0.7)
+        loss, _ = grpo_loss(logps, logps.detach(), part_adv, part.completion_mask, loss_type, 0.2, 0.28,
+                            max_new_tokens=6, tokens=tokens, rows=len(adv))
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    assert rows_with_signal(adv, 0.0).tolist() == [0, 3] and rows_with_signal(adv, 0.1) is None
+    assert rows_with_signal(torch.zeros(4), 0.0).tolist() == [0]  # never empty: the graph needs a row
+    (full, full_grads), (skipped, skipped_grads) = results
+    assert skipped == pytest.approx(full, rel=1e-6) and full != 0
+    assert len(full_grads) == len(skipped_grads)
+    for a, b in zip(full_grads, skipped_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
 
 
 def test_advantages_are_trls_group_normalisation():

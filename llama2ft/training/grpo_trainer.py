@@ -136,13 +136,17 @@ def grpo_trainer_class() -> type:
                          num_items_in_batch: Any = None) -> Any:
             s = self.settings
             roll, adv, old, ref = self._answers(model, inputs)
-            logps = completion_logps(model, roll, s.temperature)
-            tokens = torch.tensor(float(roll.tokens), device=logps.device)
+            tokens, rows = torch.tensor(float(roll.tokens), device=adv.device), len(adv)
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.all_reduce(tokens)
                 tokens = tokens / distributed.world_size()
+            keep = self.method.signal_rows(s, adv)
+            if keep is not None:  # the answers that add nothing are not run (the normalisers count them)
+                roll, adv = roll.select(keep), adv[keep]
+                old, ref = (None if t is None else t[keep] for t in (old, ref))
+            logps = completion_logps(model, roll, s.temperature)
             loss, figures = self.method.policy_loss(s, logps, logps.detach() if old is None else old, adv,
-                                                    roll.completion_mask, ref, tokens)
+                                                    roll.completion_mask, ref, tokens, rows)
             self.record(figures, model.training)
             return (loss, {"loss": loss}) if return_outputs else loss
 

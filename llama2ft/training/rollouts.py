@@ -42,6 +42,12 @@ class Rollout:
     def tokens(self) -> int:
         return int(self.completion_mask.sum())
 
+    def select(self, index: torch.Tensor) -> "Rollout":
+        """These rows only (an index into N)."""
+        rows = index.tolist()
+        return Rollout(self.prompt_ids[index], self.prompt_mask[index], self.completion_ids[index],
+                       self.completion_mask[index], [self.texts[i] for i in rows], self.truncated[index], self.seconds)
+
     def ids_list(self) -> list[list[int]]:
         """Each completion's ids (its EOS included), as TRL passes `completion_ids` to reward functions."""
         return [row[mask.bool()].tolist() for row, mask in zip(self.completion_ids, self.completion_mask)]

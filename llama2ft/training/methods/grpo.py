@@ -85,11 +85,26 @@ def advantages(rewards: torch.Tensor, n: int, scale: str) -> tuple[torch.Tensor,
     return torch.nan_to_num(adv, nan=0.0), torch.isclose(std, torch.zeros_like(std)), group_std
 
 
+def rows_with_signal(adv: torch.Tensor, beta: float) -> Optional[torch.Tensor]:
+    """The answers whose loss term can be nonzero, or None for all. Without the KL term an answer of advantage 0
+    (its group all scored alike) adds exactly nothing to the loss or its gradient, so the Trainer skips its
+    forward and backward: often half of a step's answers. Never empty (one row keeps the graph)."""
+    if beta != 0.0:
+        return None
+    keep = torch.nonzero(adv != 0).squeeze(1)
+    if len(keep) == len(adv):
+        return None
+    return keep if len(keep) else keep.new_zeros(1)
+
+
 def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, loss_type: str,
               epsilon_low: float, epsilon_high: float, beta: float = 0.0, ref_logps: Optional[torch.Tensor] = None,
-              max_new_tokens: int = 1, tokens: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict]:
+              max_new_tokens: int = 1, tokens: Optional[torch.Tensor] = None,
+              rows: Optional[int] = None) -> tuple[torch.Tensor, dict]:
     """The clipped policy loss of (N, T) per-token log-probs of the sampled answers (`mask`: their tokens)
-    and (N,) advantages; `tokens`: DAPO's normaliser (the answer tokens of the step over the processes)."""
+    and (N,) advantages; `tokens`: DAPO's normaliser (the answer tokens of the step over the processes);
+    `rows`: the answers of the batch when only those with a signal are given (`rows_with_signal`)."""
+    rows = logps.size(0) if rows is None else rows
     ratio = torch.exp(logps - old_logps)
     clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
     a = adv.unsqueeze(1)
@@ -104,9 +119,9 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, adv: torch.Tensor, m
         per_token = per_token + beta * kl
         figures["kl"] = ((kl * m).sum() / m.sum().clamp(min=1.0)).detach()
     if loss_type == "grpo":
-        loss = ((per_token * m).sum(-1) / m.sum(-1).clamp(min=1.0)).mean()
+        loss = ((per_token * m).sum(-1) / m.sum(-1).clamp(min=1.0)).sum() / rows
     elif loss_type == "dr_grpo":
-        loss = (per_token * m).sum() / (per_token.size(0) * max_new_tokens)
+        loss = (per_token * m).sum() / (rows * max_new_tokens)
     elif loss_type == "dapo":
         loss = (per_token * m).sum() / (tokens if tokens is not None else m.sum()).clamp(min=1.0)
     else:
@@ -137,11 +152,15 @@ class GRPO(Method):
         return advantages(rewards, s.num_generations, s.scale_rewards)
 
     @staticmethod
+    def signal_rows(s: Any, adv: torch.Tensor) -> Optional[torch.Tensor]:
+        return rows_with_signal(adv, s.beta)
+
+    @staticmethod
     def policy_loss(s: Any, logps: torch.Tensor, old_logps: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
-                    ref_logps: Optional[torch.Tensor], tokens: torch.Tensor) -> tuple[torch.Tensor, dict]:
+                    ref_logps: Optional[torch.Tensor], tokens: torch.Tensor, rows: int) -> tuple[torch.Tensor, dict]:
         return grpo_loss(logps, old_logps, adv, mask, s.loss_type, s.epsilon,
                          s.epsilon if s.epsilon_high is None else s.epsilon_high, s.beta, ref_logps, s.max_new_tokens,
-                         tokens)
+                         tokens, rows)
 
     def problems(self, cfg: DictConfig) -> list[str]:
         m, p = cfg.method, []
