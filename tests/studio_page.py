@@ -53,9 +53,32 @@ class Page:
         box.send_keys(Keys.TAB)  # leaving the field is the edit
 
     def choose(self, group: str, option: str) -> None:
-        self.box(f"group-{group}").click()
-        self.wait(lambda: self.find(f"#group-{group} li[aria-label='{option}']"), 10)
-        self.find(f"#group-{group} li[aria-label='{option}']")[0].click()
+        self.pick(f"group-{group}", option)
+
+    def pick(self, elem_id: str, option: str) -> None:
+        """Choose `option` in the dropdown `elem_id` (clicked again while an update's spinner still covers it)."""
+        def opened() -> list:
+            self.box(elem_id).click()
+            return self.find(f"#{elem_id} li[aria-label='{option}']")
+
+        self.wait(opened, 30)
+        self.find(f"#{elem_id} li[aria-label='{option}']")[0].click()
+
+    def press(self, elem_id: str, label: str) -> None:
+        """Click the option labelled `label` of the radio group `elem_id`, scrolled to the middle of the window
+        first, and again while an update's spinner covers it."""
+        def clicked() -> bool:
+            [option] = [e for e in self.find(f"#{elem_id} label") if e.text.strip() == label]
+            self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", option)
+            option.click()
+            return True
+
+        self.wait(clicked, 30)
+
+    def first_row(self, elem_id: str) -> list[str]:
+        """The cells of a table's first row as shown (Gradio's grid cells; its <table> only sizes the columns)."""
+        cells = self.find(f"#{elem_id} [role=gridcell][data-row='0']")
+        return [c.text.strip() for c in sorted(cells, key=lambda c: int(c.get_attribute("data-col")))]
 
     def click(self, elem_id: str) -> None:
         self.find(f"#{elem_id}")[0].click()

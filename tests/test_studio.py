@@ -231,6 +231,8 @@ def test_runs_and_sweeps_are_found_and_tabled(smoke_run, tmp_path):
     fake = [{"run": str(i), "overrides": f"a=1 lr={i + 2}", "eval_loss": v} for i, v in enumerate((1.0, 2.0, None))]
     chart = curves.objective_chart(fake, "eval_loss")  # each bar names what its run set differently
     assert chart.count('id="objective-bar') == 2 and "0: lr=2" in chart and "1: lr=3" in chart and "a=1" not in chart
+    assert curves.best(fake, "eval_loss")["run"] == "0" and curves.best(fake, "eval_loss", "maximize")["run"] == "1"
+    assert "higher is better" in curves.objective_chart(fake, "eval_loss", "maximize")
 
 
 def test_the_preview_shows_tokens_with_the_trained_part(any_tokenizer):

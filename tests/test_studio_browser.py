@@ -169,3 +169,22 @@ def test_an_uploaded_file_becomes_the_train_file(studio, page):
     page.wait(lambda: page.value("command") == f"llama2ft-train data=csv data.train_file={uploaded}", 30)
     assert uploaded.read_bytes() == (PROJECT_ROOT / "data" / "sample" / "dev.csv").read_bytes()
     assert page.value("field-data-train-file") == str(uploaded) and "checks pass" in page.value("problems")
+
+
+def test_a_sweep_is_ranked_the_way_chosen(studio, page):
+    """A sweep's summary in the Runs tab: lower is better by default (the learned run, job 1, first); "maximize"
+    (a GRPO sweep's reward_after, an accuracy) puts the other first and says so on the chart."""
+    sweep = studio.runs_dir / "sweeps" / "lr"
+    sweep.mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("{}\n")
+    for job, run in (("0", "smoke"), ("1", "learned")):
+        os.symlink((studio.runs_dir / run).resolve(), sweep / job)
+    page.open()
+    page.tab("Runs & sweeps")
+    page.click("runs-refresh")
+    page.pick("sweep-select", "sweeps/lr")
+    page.wait(lambda: page.first_row("sweep-table")[0] == "1", 30)
+    assert "lower is better" in page.text("sweep-chart")
+    page.press("sweep-direction", "maximize")
+    page.wait(lambda: page.first_row("sweep-table")[0] == "0", 30)
+    assert "higher is better" in page.text("sweep-chart")

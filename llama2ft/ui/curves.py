@@ -7,6 +7,7 @@ import re
 from typing import Any, Optional
 
 from llama2ft.training.plots import Panel, figure, series, svg
+from llama2ft.training.sweeps import DIRECTIONS
 
 # what a method logs of its own: rewards/chosen, rewards/margins, reward, reward/<name>, preference_accuracy,
 # rewards/accuracies, kl (and their eval_ forms)
@@ -43,7 +44,7 @@ def chart(panels: list[Panel], width: float = 4.6, height: float = 3.2) -> str:
     return f'<div class="l2f-chart">{svg(figure(panels, width=width, height=height))}</div>'
 
 
-def objective_chart(rows: list[dict], objective: str) -> str:
+def objective_chart(rows: list[dict], objective: str, direction: str = "minimize") -> str:
     """A bar per completed run of a sweep: its objective, labelled with its overrides."""
     from matplotlib.figure import Figure
 
@@ -59,12 +60,14 @@ def objective_chart(rows: list[dict], objective: str) -> str:
     for bar in ax.barh(range(len(done)), values, color="#4c78a8"):
         bar.set_gid("objective-bar")  # a browser test counts them
     ax.set_yticks(range(len(done)), labels, fontsize=8)
-    ax.set_xlabel(f"{objective} (lower is better)")
+    ax.set_xlabel(f"{objective} ({DIRECTIONS[direction]})")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return f'<div class="l2f-chart">{svg(fig)}</div>'
 
 
-def best(rows: list[dict], objective: str) -> Optional[dict]:
+def best(rows: list[dict], objective: str, direction: str = "minimize") -> Optional[dict]:
     done = [r for r in rows if isinstance(r.get(objective), (int, float))]
-    return min(done, key=lambda r: r[objective]) if done else None
+    if not done:
+        return None
+    return (min if direction == "minimize" else max)(done, key=lambda r: r[objective])

@@ -11,7 +11,7 @@ import gradio as gr
 from llama2ft.model.run_folder import RunDir
 from llama2ft.ui import actions, curves, record, runs
 from llama2ft.ui.workspace import Workspace
-from llama2ft.training.sweeps import COLUMNS, collect
+from llama2ft.training.sweeps import COLUMNS, DIRECTIONS, collect
 
 TICK_S = 1.0
 LOG_LINES = 14  # the tail shown: no scrolling to find the end
@@ -132,14 +132,14 @@ def _cell(value: Any) -> Any:
     return "" if value is None else (float(f"{value:.4g}") if isinstance(value, float) else value)
 
 
-def sweep_view(ws: Workspace, label: Optional[str], objective: str) -> list[Any]:
+def sweep_view(ws: Workspace, label: Optional[str], objective: str, direction: str = "minimize") -> list[Any]:
     if not label:
         return [[], "", ""]
     folder, objective = ws.path_of(label), (objective or "eval_loss").strip()
-    rows, _ = collect(folder, objective)  # (the environment most jobs ran under: in its summary file)
+    rows, _ = collect(folder, objective, direction)  # (the environment most jobs ran under: in its summary file)
     table = [[_cell(r.get(c)) for c in COLUMNS] for r in rows]
     logs = {r["run"]: RunDir(folder / r["run"]).read_log() for r in rows}
-    return [table, curves.objective_chart(rows, objective), curves.chart(curves.overlay_panels(logs), width=8)]
+    return [table, curves.objective_chart(rows, objective, direction), curves.chart(curves.overlay_panels(logs), width=8)]
 
 
 def build_runs_tab(ws: Workspace) -> dict[str, Any]:
@@ -151,7 +151,8 @@ def build_runs_tab(ws: Workspace) -> dict[str, Any]:
         overlaid = gr.HTML(elem_id="overlay")
         with gr.Row():
             sweep = gr.Dropdown(choices=[], label="sweep", elem_id="sweep-select", scale=3)
-            objective = gr.Textbox("eval_loss", label="objective (lower is better)", elem_id="sweep-objective")
+            objective = gr.Textbox("eval_loss", label="objective", elem_id="sweep-objective")
+            direction = gr.Radio(list(DIRECTIONS), value="minimize", label="best is", elem_id="sweep-direction")
         summary = gr.Dataframe(headers=COLUMNS, interactive=False, elem_id="sweep-table", label="sweep summary")
         bars = gr.HTML(elem_id="sweep-chart")
         sweep_curves = gr.HTML(elem_id="sweep-curves")
@@ -165,6 +166,7 @@ def build_runs_tab(ws: Workspace) -> dict[str, Any]:
     outputs = [table, chosen, sweep]
     refresh.click(refresh_fn, None, outputs)
     chosen.change(lambda labels: overlay(ws, labels), [chosen], [overlaid])
-    for event in (sweep.change, objective.submit):
-        event(lambda label, obj: sweep_view(ws, label, obj), [sweep, objective], [summary, bars, sweep_curves])
+    for event in (sweep.change, objective.submit, direction.change):
+        event(lambda label, obj, way: sweep_view(ws, label, obj, way), [sweep, objective, direction],
+              [summary, bars, sweep_curves])
     return {"tab": tab, "refresh_fn": refresh_fn, "refresh_outputs": outputs}
