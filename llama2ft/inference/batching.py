@@ -168,7 +168,7 @@ class Batcher:
         try:
             token = next_token(logits, torch.tensor(row.seen, device=logits.device), row.gen.sampling, row.generator,
                                self._suppress, len(row.gen.prompt))
-        except Exception as exc:  # noqa: BLE001 - this request fails; a joining one is in no batch yet to be failed later
+        except Exception as exc:  # noqa: BLE001 - only this request fails (a joining one is in no batch yet)
             self._finish(row, exc)
             return False
         row.seen.append(token)

@@ -1,6 +1,6 @@
 """What `llama2ft-train` checks in a composed config besides config/validation.py's value checks: the method's
-settings, the start (init_from), trainer.resume, trainer.stop_signals and objective_direction. One list, reported with the others
-(`validate(cfg, training_problems(cfg))`) by llama2ft-train and by the studio as the user edits."""
+settings, the start (init_from), trainer.resume, trainer.stop_signals and objective_direction. One list, reported
+with the others (`validate(cfg, training_problems(cfg))`) by llama2ft-train and by the studio as the user edits."""
 from __future__ import annotations
 
 from omegaconf import DictConfig

@@ -103,8 +103,8 @@ def write(sweep_dir: Path, objective: str = "eval_loss", direction: str = "minim
         writer.writerows(rows)
     env = (f"Environment: {environment.summary(common)}. A job that ran under another says how in its `environment` "
            "column." if common else "Environment: not recorded (no job wrote a provenance.json).")
-    lines = [f"# Sweep {sweep_dir}", "", f"{len(rows)} runs, best first by `{objective}` ({DIRECTIONS[direction]}).", "",
-             env, "",
+    lines = [f"# Sweep {sweep_dir}", "",
+             f"{len(rows)} runs, best first by `{objective}` ({DIRECTIONS[direction]}).", "", env, "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
     (sweep_dir / "sweep_summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

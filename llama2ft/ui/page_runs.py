@@ -139,7 +139,8 @@ def sweep_view(ws: Workspace, label: Optional[str], objective: str, direction: s
     rows, _ = collect(folder, objective, direction)  # (the environment most jobs ran under: in its summary file)
     table = [[_cell(r.get(c)) for c in COLUMNS] for r in rows]
     logs = {r["run"]: RunDir(folder / r["run"]).read_log() for r in rows}
-    return [table, curves.objective_chart(rows, objective, direction), curves.chart(curves.overlay_panels(logs), width=8)]
+    return [table, curves.objective_chart(rows, objective, direction),
+            curves.chart(curves.overlay_panels(logs), width=8)]
 
 
 def build_runs_tab(ws: Workspace) -> dict[str, Any]:
