@@ -221,6 +221,25 @@ def test_a_stopped_grpo_run_resumes_to_the_uninterrupted_adapter(grpo_run, learn
     assert (run / "completions.jsonl").read_text() == (straight / "completions.jsonl").read_text()
 
 
+def test_skipping_answers_without_signal_leaves_the_run_as_it_was(grpo_run, learned_run, tmp_path):
+    """With method.beta=0 the Trainer runs only the answers of nonzero advantage (rows_with_signal); a KL term of
+    1e-30 runs every answer and changes nothing else: the same losses, and the same adapter up to the rounding
+    of smaller batches (2e-6 after Adam's 6 steps)."""
+    straight, _ = grpo_run
+    run = tmp_path / "run"
+    train_ok(run, *GRPO, f"init_from={learned_run.path}", "method.beta=1e-30")
+
+    def losses(folder: Path) -> list[tuple[int, float, float]]:
+        rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+        return [(r["step"], r["loss"], r["frac_reward_zero_std"]) for r in rows if "loss" in r]
+
+    skipped, full = losses(straight), losses(run)
+    assert any(zero > 0 for _, _, zero in skipped)  # some answers were skipped
+    assert [s for s, _, _ in skipped] == [s for s, _, _ in full]
+    assert [loss for _, loss, _ in skipped] == pytest.approx([loss for _, loss, _ in full], rel=1e-5)
+    assert_same_adapter(straight, run, atol=1e-5)
+
+
 def test_a_grpo_run_merges_and_chats_like_any_run(grpo_run, tmp_path):
     run, _ = grpo_run
     merged = tmp_path / "merged"
